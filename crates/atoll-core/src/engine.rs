@@ -1,0 +1,581 @@
+//! The allocator: which address a pod gets.
+//!
+//! An [`Engine`] holds a checked [`Catalog`], the nodes with their labels,
+//! and, per pool, the free addresses as a [`FreeSet`] with a next-fit
+//! cursor; per subnet, the free addresses that lie in no pool, from which
+//! full pools borrow. It decides; it does not persist. The caller claims the
+//! decided address in its store and tells the engine what happened:
+//!
+//! - claim won: nothing to do, the engine already counts the address held;
+//! - claim lost (another writer holds it): nothing to do either, ask again
+//!   and the engine moves on to the next free address;
+//! - claim failed for another reason: [`Engine::release`] gives it back.
+//!
+//! Addresses held in the store are fed in with [`Engine::hold`] when the
+//! engine is (re)built, so the engine never offers an address the store
+//! already holds, whatever pool edits happened meanwhile.
+//!
+//! # Guarantees
+//! - An address is offered at most once until it is released.
+//! - An offered address lies in a pool that serves the node, or was borrowed
+//!   into such a pool from its subnet; it is never a network, broadcast,
+//!   gateway or excluded address.
+//! - Memory and time depend on the number of ranges and held addresses,
+//!   never on the size of a pool.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use crate::catalog::{Catalog, PoolId, SubnetId};
+use crate::choice::{Choice, SkipReason, Skipped};
+use crate::error::{describe_labels, AllocError};
+use crate::freeset::FreeSet;
+use crate::range::{ip_to_u128, u128_to_ip, Family};
+use crate::resource::{Node, StringMap};
+use crate::selector::NodeRef;
+
+/// One allocation request.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// Application, `namespace/name`, for messages.
+    pub app: &'a str,
+    /// Node the pod runs on; registered with [`Engine::upsert_node`].
+    pub node: &'a str,
+    /// Bound pools in order of preference.
+    pub pools: &'a [PoolId],
+    /// Family asked for.
+    pub family: Family,
+}
+
+/// An address chosen for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allocation {
+    /// The address.
+    pub ip: IpAddr,
+    /// The pool it was allocated from.
+    pub pool: PoolId,
+    /// The pool's subnet.
+    pub subnet: SubnetId,
+    /// True when the address was borrowed from the subnet.
+    pub borrowed: bool,
+}
+
+/// What [`Engine::hold`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// Now held, in this pool (None: in a subnet but in no pool).
+    Held {
+        /// The pool that holds it, if any.
+        pool: Option<PoolId>,
+        /// True when it lies outside the pool's own addresses.
+        borrowed: bool,
+    },
+    /// It was already held.
+    AlreadyHeld,
+    /// It is in no subnet, or reserved: nothing to mark.
+    Outside,
+}
+
+/// Counters of a pool or subnet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// Allocatable addresses (for a pool, its own plus those borrowed).
+    pub total: u128,
+    /// Held addresses.
+    pub allocated: u128,
+    /// Free addresses.
+    pub free: u128,
+    /// Held addresses borrowed from the subnet.
+    pub borrowed: u128,
+}
+
+#[derive(Debug, Clone)]
+struct PoolState {
+    free: FreeSet,
+    cursor: u128,
+    /// Addresses borrowed into this pool from its subnet, free or held.
+    borrowed: BTreeSet<u128>,
+}
+
+#[derive(Debug, Clone)]
+struct SubnetState {
+    /// Allocatable addresses of the subnet that lie in no pool and are not held.
+    outside: FreeSet,
+    cursor: u128,
+}
+
+#[derive(Debug, Clone)]
+struct NodeEntry {
+    name: String,
+    uid: Option<String>,
+    labels: StringMap,
+    /// Bit i set when pool i serves the node.
+    serves: Vec<u64>,
+}
+
+impl NodeEntry {
+    fn served_by(&self, pool: PoolId) -> bool {
+        self.serves
+            .get(pool / 64)
+            .is_some_and(|w| w & (1u64 << (pool % 64)) != 0)
+    }
+}
+
+/// The allocation engine. See the module documentation.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    catalog: Catalog,
+    pools: Vec<PoolState>,
+    subnets: Vec<SubnetState>,
+    /// (family, start, end, pool) of every pool's `ips`, sorted.
+    ips_index: Vec<(Family, u128, u128, PoolId)>,
+    borrowed_owner: HashMap<(Family, u128), PoolId>,
+    nodes: HashMap<String, NodeEntry>,
+}
+
+impl Engine {
+    /// An engine with every allocatable address free.
+    pub fn new(catalog: Catalog) -> Engine {
+        let pools = catalog
+            .pools()
+            .iter()
+            .map(|p| PoolState {
+                free: FreeSet::from_rangeset(&p.allocatable),
+                cursor: p.allocatable.ranges().first().map_or(0, |r| r.start()),
+                borrowed: BTreeSet::new(),
+            })
+            .collect();
+        let subnets = catalog
+            .subnets()
+            .iter()
+            .enumerate()
+            .map(|(sid, s)| {
+                let in_pools = catalog
+                    .pools()
+                    .iter()
+                    .filter(|p| p.subnet == sid)
+                    .fold(crate::rangeset::RangeSet::new(), |acc, p| acc.union(&p.ips));
+                let outside = s.allocatable.difference(&in_pools);
+                SubnetState {
+                    cursor: outside.ranges().first().map_or(0, |r| r.start()),
+                    outside: FreeSet::from_rangeset(&outside),
+                }
+            })
+            .collect();
+        let mut ips_index: Vec<_> = catalog
+            .pools()
+            .iter()
+            .enumerate()
+            .flat_map(|(id, p)| p.ips.ranges().iter().map(move |r| (r.family(), r.start(), r.end(), id)))
+            .collect();
+        ips_index.sort();
+        Engine {
+            catalog,
+            pools,
+            subnets,
+            ips_index,
+            borrowed_owner: HashMap::new(),
+            nodes: HashMap::new(),
+        }
+    }
+
+    /// A new engine for an edited catalog that keeps the nodes and, for pools
+    /// of the same name, the next-fit cursors. Held addresses must be fed in
+    /// again with [`Engine::hold`].
+    pub fn rebuild(&self, catalog: Catalog) -> Engine {
+        let mut next = Engine::new(catalog);
+        for (id, p) in next.catalog.pools().iter().enumerate() {
+            if let Some(old) = self.catalog.pool_id(&p.name) {
+                next.pools[id].cursor = self.pools[old].cursor;
+            }
+        }
+        for (name, sid) in next.catalog.subnets().iter().enumerate().map(|(i, s)| (s.name.clone(), i)) {
+            if let Some(old) = self.catalog.subnet_id(&name) {
+                next.subnets[sid].cursor = self.subnets[old].cursor;
+            }
+        }
+        for n in self.nodes.values() {
+            next.upsert_node_parts(&n.name, n.uid.clone(), n.labels.clone());
+        }
+        next
+    }
+
+    /// The catalog the engine serves.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Registers a node or updates its labels.
+    pub fn upsert_node(&mut self, node: &Node) {
+        self.upsert_node_parts(
+            &node.metadata.name,
+            node.metadata.uid.clone(),
+            node.metadata.labels.clone(),
+        );
+    }
+
+    fn upsert_node_parts(&mut self, name: &str, uid: Option<String>, labels: StringMap) {
+        let mut serves = vec![0u64; self.catalog.pools().len().div_ceil(64)];
+        let node = NodeRef {
+            name,
+            uid: uid.as_deref(),
+            labels: &labels,
+        };
+        for (id, p) in self.catalog.pools().iter().enumerate() {
+            if p.affinity.matches(&node) {
+                serves[id / 64] |= 1u64 << (id % 64);
+            }
+        }
+        self.nodes.insert(
+            name.to_string(),
+            NodeEntry {
+                name: name.to_string(),
+                uid,
+                labels,
+                serves,
+            },
+        );
+    }
+
+    /// Forgets a node.
+    pub fn remove_node(&mut self, name: &str) {
+        self.nodes.remove(name);
+    }
+
+    /// The labels of a registered node.
+    pub fn node_labels(&self, name: &str) -> Option<&StringMap> {
+        self.nodes.get(name).map(|n| &n.labels)
+    }
+
+    /// Names of the registered nodes a pool serves, sorted.
+    pub fn nodes_served_by(&self, pool: PoolId) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .nodes
+            .values()
+            .filter(|n| n.served_by(pool))
+            .map(|n| n.name.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Pool ids for pool names or UIDs, in order.
+    ///
+    /// # Errors
+    /// [`AllocError::UnknownPool`] for the first name that names no pool.
+    pub fn resolve(&self, app: &str, source: &str, names: &[String]) -> Result<Vec<PoolId>, AllocError> {
+        names
+            .iter()
+            .map(|n| {
+                self.catalog.pool_id(n).ok_or_else(|| AllocError::UnknownPool {
+                    app: app.to_string(),
+                    pool: n.clone(),
+                    source_: source.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    fn node(&self, name: &str) -> Result<&NodeEntry, AllocError> {
+        self.nodes.get(name).ok_or_else(|| AllocError::UnknownNode { node: name.to_string() })
+    }
+
+    fn serves(&self, node: &NodeEntry, pool: PoolId, family: Family) -> bool {
+        let p = &self.catalog.pools()[pool];
+        !p.disabled && p.family == family && node.served_by(pool)
+    }
+
+    /// The families offered to a node by its bound pools, IPv4 first.
+    ///
+    /// # Errors
+    /// [`AllocError::UnknownNode`].
+    pub fn families(&self, node: &str, pools: &[PoolId]) -> Result<Vec<Family>, AllocError> {
+        let n = self.node(node)?;
+        let mut out = Vec::new();
+        for fam in [Family::V4, Family::V6] {
+            if pools.iter().any(|&p| self.serves(n, p, fam)) {
+                out.push(fam);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Pool choice: the bound pools that can serve the node now, in order,
+    /// and every other bound pool with the reason it cannot.
+    ///
+    /// # Errors
+    /// [`AllocError::UnknownNode`].
+    pub fn choose(&self, node: &str, pools: &[PoolId], family: Family) -> Result<Choice, AllocError> {
+        let n = self.node(node)?;
+        let mut choice = Choice::default();
+        for &id in pools {
+            let p = &self.catalog.pools()[id];
+            let reason = if p.disabled {
+                Some(SkipReason::Disabled)
+            } else if p.family != family {
+                Some(SkipReason::OtherFamily(p.family))
+            } else if !n.served_by(id) {
+                Some(SkipReason::AffinityMismatch)
+            } else if !self.pools[id].free.is_empty() {
+                None
+            } else if p.borrow_step.is_none() {
+                Some(SkipReason::PoolFull)
+            } else if self.subnets[p.subnet].outside.is_empty() {
+                Some(SkipReason::SubnetFull)
+            } else {
+                None
+            };
+            match reason {
+                None => choice.candidates.push(id),
+                Some(reason) => choice.skipped.push(Skipped {
+                    pool: p.name.clone(),
+                    reason,
+                }),
+            }
+        }
+        Ok(choice)
+    }
+
+    /// Allocates an address: the next free one after the cursor of the
+    /// first serving pool that has one; when every serving pool is full, one
+    /// borrowed from the subnet of the first serving pool that may borrow.
+    ///
+    /// # Errors
+    /// [`AllocError::UnknownNode`]; [`AllocError::NoPoolMatches`] when no
+    /// bound pool serves the node; [`AllocError::Exhausted`] when all that
+    /// do, and their subnets, are full. Each names every pool tried.
+    pub fn allocate(&mut self, req: &Request<'_>) -> Result<Allocation, AllocError> {
+        let node = self.node(req.node)?;
+
+        let mut first = None;
+        let mut lender = None;
+        for &id in req.pools {
+            if !self.serves(node, id, req.family) {
+                continue;
+            }
+            if !self.pools[id].free.is_empty() {
+                first = Some(id);
+                break;
+            }
+            let p = &self.catalog.pools()[id];
+            if lender.is_none() && p.borrow_step.is_some() && !self.subnets[p.subnet].outside.is_empty() {
+                lender = Some(id);
+            }
+        }
+
+        if let Some(id) = first {
+            return Ok(self.take(id));
+        }
+        if let Some(id) = lender {
+            self.borrow(id);
+            return Ok(self.take(id));
+        }
+        Err(self.explain(req))
+    }
+
+    fn explain(&self, req: &Request<'_>) -> AllocError {
+        let choice = match self.choose(req.node, req.pools, req.family) {
+            Ok(c) => c,
+            Err(e) => return e,
+        };
+        let labels = describe_labels(&self.nodes[req.node].labels);
+        let any_serves = choice.skipped.iter().any(|s| {
+            matches!(s.reason, SkipReason::PoolFull | SkipReason::SubnetFull)
+        });
+        if req.pools.is_empty() {
+            return AllocError::NoPools {
+                app: req.app.to_string(),
+                node: req.node.to_string(),
+            };
+        }
+        if any_serves {
+            AllocError::Exhausted {
+                app: req.app.to_string(),
+                node: req.node.to_string(),
+                labels,
+                family: req.family,
+                tried: choice.skipped,
+            }
+        } else {
+            AllocError::NoPoolMatches {
+                app: req.app.to_string(),
+                node: req.node.to_string(),
+                labels,
+                family: req.family,
+                tried: choice.skipped,
+            }
+        }
+    }
+
+    /// Takes the next free address of a pool that has one.
+    fn take(&mut self, id: PoolId) -> Allocation {
+        let p = &self.catalog.pools()[id];
+        let state = &mut self.pools[id];
+        let v = state.free.next_from(state.cursor).expect("pool has a free address");
+        state.free.remove(v);
+        state.cursor = if v >= p.family.max() { 0 } else { v + 1 };
+        Allocation {
+            ip: u128_to_ip(p.family, v),
+            pool: id,
+            subnet: p.subnet,
+            borrowed: state.borrowed.contains(&v),
+        }
+    }
+
+    /// Moves up to `step` free addresses of the pool's subnet into the pool.
+    /// Returns how many moved.
+    fn borrow(&mut self, id: PoolId) -> u32 {
+        let p = &self.catalog.pools()[id];
+        let step = p.borrow_step.unwrap_or(0);
+        let (family, sid) = (p.family, p.subnet);
+        let mut moved = 0;
+        while moved < step {
+            let s = &mut self.subnets[sid];
+            let Some(v) = s.outside.next_from(s.cursor) else {
+                break;
+            };
+            s.outside.remove(v);
+            s.cursor = if v >= family.max() { 0 } else { v + 1 };
+            let pool = &mut self.pools[id];
+            pool.free.insert(v);
+            pool.borrowed.insert(v);
+            self.borrowed_owner.insert((family, v), id);
+            moved += 1;
+        }
+        moved
+    }
+
+    fn pool_by_ips(&self, family: Family, v: u128) -> Option<PoolId> {
+        let i = self.ips_index.partition_point(|&(f, _, end, _)| (f, end) < (family, v));
+        self.ips_index
+            .get(i)
+            .filter(|&&(f, start, _, _)| f == family && start <= v)
+            .map(|&(_, _, _, id)| id)
+    }
+
+    fn subnet_by_ip(&self, ip: IpAddr) -> Option<SubnetId> {
+        self.catalog.subnet_of(ip)
+    }
+
+    /// Marks an address held: one the store already holds, fed in at
+    /// (re)build. `pool` is the pool the holder's record names, so that an
+    /// address borrowed from a subnet is counted in the pool that borrowed it.
+    pub fn hold(&mut self, ip: IpAddr, pool: Option<&str>) -> Hold {
+        let (family, v) = (Family::of(ip), ip_to_u128(ip));
+        if let Some(id) = self.pool_by_ips(family, v) {
+            return if self.pools[id].free.remove(v) {
+                Hold::Held {
+                    pool: Some(id),
+                    borrowed: false,
+                }
+            } else if self.catalog.pools()[id].allocatable.contains(family, v) {
+                Hold::AlreadyHeld
+            } else {
+                Hold::Outside
+            };
+        }
+        if let Some(&id) = self.borrowed_owner.get(&(family, v)) {
+            return if self.pools[id].free.remove(v) {
+                Hold::Held {
+                    pool: Some(id),
+                    borrowed: true,
+                }
+            } else {
+                Hold::AlreadyHeld
+            };
+        }
+        let Some(sid) = self.subnet_by_ip(ip) else {
+            return Hold::Outside;
+        };
+        if !self.subnets[sid].outside.remove(v) {
+            return if self.catalog.subnets()[sid].allocatable.contains(family, v) {
+                Hold::AlreadyHeld
+            } else {
+                Hold::Outside
+            };
+        }
+        let owner = pool
+            .and_then(|name| self.catalog.pool_id(name))
+            .filter(|&id| self.catalog.pools()[id].subnet == sid);
+        if let Some(id) = owner {
+            self.pools[id].borrowed.insert(v);
+            self.borrowed_owner.insert((family, v), id);
+        }
+        Hold::Held {
+            pool: owner,
+            borrowed: true,
+        }
+    }
+
+    /// Releases a held address. Returns true if and only if it was held and
+    /// is now free. An address borrowed into a pool stays in that pool.
+    pub fn release(&mut self, ip: IpAddr) -> bool {
+        let (family, v) = (Family::of(ip), ip_to_u128(ip));
+        if let Some(id) = self.pool_by_ips(family, v) {
+            return self.catalog.pools()[id].allocatable.contains(family, v) && self.pools[id].free.insert(v);
+        }
+        if let Some(&id) = self.borrowed_owner.get(&(family, v)) {
+            return self.pools[id].free.insert(v);
+        }
+        let Some(sid) = self.subnet_by_ip(ip) else {
+            return false;
+        };
+        self.catalog.subnets()[sid].allocatable.contains(family, v) && self.subnets[sid].outside.insert(v)
+    }
+
+    /// Returns true if and only if the engine would offer this address.
+    pub fn is_free(&self, ip: IpAddr) -> bool {
+        let (family, v) = (Family::of(ip), ip_to_u128(ip));
+        if let Some(id) = self.pool_by_ips(family, v).or_else(|| self.borrowed_owner.get(&(family, v)).copied()) {
+            return self.pools[id].free.contains(v);
+        }
+        self.subnet_by_ip(ip)
+            .is_some_and(|sid| self.subnets[sid].outside.contains(v))
+    }
+
+    /// Counters of a pool.
+    pub fn pool_usage(&self, id: PoolId) -> Usage {
+        let p = &self.catalog.pools()[id];
+        let s = &self.pools[id];
+        let total = p.allocatable.len().saturating_add(s.borrowed.len() as u128);
+        let free = s.free.len();
+        Usage {
+            total,
+            allocated: total.saturating_sub(free),
+            free,
+            borrowed: s.borrowed.iter().filter(|&&v| !s.free.contains(v)).count() as u128,
+        }
+    }
+
+    /// Counters of a subnet: every allocatable address, held ones in or out of pools.
+    pub fn subnet_usage(&self, sid: SubnetId) -> Usage {
+        let s = &self.catalog.subnets()[sid];
+        let total = s.allocatable.len();
+        let mut free = self.subnets[sid].outside.len();
+        let mut borrowed = 0;
+        for (id, p) in self.catalog.pools().iter().enumerate() {
+            if p.subnet == sid {
+                let u = self.pool_usage(id);
+                free = free.saturating_add(u.free);
+                borrowed += u.borrowed;
+            }
+        }
+        Usage {
+            total,
+            allocated: total.saturating_sub(free),
+            free,
+            borrowed,
+        }
+    }
+
+    /// Addresses of the subnet that lie in no pool and are free: what full
+    /// pools may borrow.
+    pub fn lendable(&self, sid: SubnetId) -> u128 {
+        self.subnets[sid].outside.len()
+    }
+
+    /// Memory cost of a pool's free set, in intervals (for benchmarks and metrics).
+    pub fn pool_intervals(&self, id: PoolId) -> usize {
+        self.pools[id].free.intervals()
+    }
+}

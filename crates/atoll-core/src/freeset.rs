@@ -1,0 +1,196 @@
+//! The free addresses of one pool, as an ordered map of free intervals.
+//!
+//! A pool is born with one interval per range; each allocation splits or
+//! shrinks one interval and each release adds or merges one. The map
+//! therefore holds at most (held addresses + ranges) entries, whatever the
+//! size of the pool, and every operation is a logarithmic map lookup: a
+//! `/64` with three holders costs what a `/24` with three holders costs.
+//!
+//! Next-fit lives here too: [`FreeSet::next_from`] finds the first free
+//! address at or after a cursor and wraps around to the lowest one.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use crate::rangeset::RangeSet;
+
+/// Free addresses of one family, as disjoint, non-adjacent intervals.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FreeSet {
+    /// start -> end, inclusive.
+    intervals: BTreeMap<u128, u128>,
+    /// Number of free addresses, saturating.
+    count: u128,
+}
+
+impl FreeSet {
+    /// The empty set.
+    pub fn new() -> FreeSet {
+        FreeSet::default()
+    }
+
+    /// Every address of `set` free. The caller passes one family.
+    pub fn from_rangeset(set: &RangeSet) -> FreeSet {
+        let mut f = FreeSet::new();
+        for r in set.ranges() {
+            f.intervals.insert(r.start(), r.end());
+            f.count = f.count.saturating_add(r.len());
+        }
+        f
+    }
+
+    /// The number of free addresses.
+    pub fn len(&self) -> u128 {
+        self.count
+    }
+
+    /// Returns true if and only if no address is free.
+    pub fn is_empty(&self) -> bool {
+        self.intervals.is_empty()
+    }
+
+    /// Number of intervals: the memory the set costs.
+    pub fn intervals(&self) -> usize {
+        self.intervals.len()
+    }
+
+    /// The interval holding `v`, if `v` is free.
+    fn interval_of(&self, v: u128) -> Option<(u128, u128)> {
+        self.intervals
+            .range(..=v)
+            .next_back()
+            .filter(|(_, &end)| end >= v)
+            .map(|(&s, &e)| (s, e))
+    }
+
+    /// Returns true if and only if `v` is free.
+    pub fn contains(&self, v: u128) -> bool {
+        self.interval_of(v).is_some()
+    }
+
+    /// The first free address at or after `cursor`, else the lowest free one.
+    pub fn next_from(&self, cursor: u128) -> Option<u128> {
+        if let Some((_, end)) = self.interval_of(cursor) {
+            debug_assert!(end >= cursor);
+            return Some(cursor);
+        }
+        self.intervals
+            .range((Bound::Excluded(cursor), Bound::Unbounded))
+            .next()
+            .or_else(|| self.intervals.iter().next())
+            .map(|(&s, _)| s)
+    }
+
+    /// The lowest free address at or after `from` without wrapping.
+    pub fn first_at_or_after(&self, from: u128) -> Option<u128> {
+        if self.contains(from) {
+            return Some(from);
+        }
+        self.intervals
+            .range((Bound::Excluded(from), Bound::Unbounded))
+            .next()
+            .map(|(&s, _)| s)
+    }
+
+    /// Takes `v` out of the set. Returns false if it was not free.
+    pub fn remove(&mut self, v: u128) -> bool {
+        let Some((start, end)) = self.interval_of(v) else {
+            return false;
+        };
+        if start == v {
+            self.intervals.remove(&start);
+        } else {
+            self.intervals.insert(start, v - 1);
+        }
+        if end > v {
+            self.intervals.insert(v + 1, end);
+        }
+        self.count -= 1;
+        true
+    }
+
+    /// Puts `v` back. Returns false if it was already free.
+    pub fn insert(&mut self, v: u128) -> bool {
+        let before = self.intervals.range(..=v).next_back().map(|(&s, &e)| (s, e));
+        if let Some((_, e)) = before {
+            if e >= v {
+                return false;
+            }
+        }
+        let after = v
+            .checked_add(1)
+            .and_then(|n| self.intervals.get(&n).map(|&e| (n, e)));
+
+        let joins_before = before.filter(|&(_, e)| e.checked_add(1) == Some(v));
+        match (joins_before, after) {
+            (Some((s, _)), Some((n, e))) => {
+                self.intervals.remove(&n);
+                self.intervals.insert(s, e);
+            }
+            (Some((s, _)), None) => {
+                self.intervals.insert(s, v);
+            }
+            (None, Some((n, e))) => {
+                self.intervals.remove(&n);
+                self.intervals.insert(v, e);
+            }
+            (None, None) => {
+                self.intervals.insert(v, v);
+            }
+        }
+        self.count = self.count.saturating_add(1);
+        true
+    }
+
+    /// Iterates over the free intervals in order.
+    pub fn iter(&self) -> impl Iterator<Item = (u128, u128)> + '_ {
+        self.intervals.iter().map(|(&s, &e)| (s, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn next_fit_wraps() {
+        let mut f = FreeSet::from_rangeset(&RangeSet::parse(&["10.0.0.1-10.0.0.3"]).unwrap());
+        let base = 0x0a00_0000u128;
+        assert_eq!(f.next_from(base + 2), Some(base + 2));
+        assert!(f.remove(base + 2));
+        assert_eq!(f.next_from(base + 2), Some(base + 3));
+        assert_eq!(f.next_from(base + 4), Some(base + 1), "wraps to the lowest");
+        assert!(!f.remove(base + 2), "already taken");
+        assert!(f.insert(base + 2));
+        assert!(!f.insert(base + 2), "already free");
+        assert_eq!(f.intervals(), 1, "merged back");
+        assert_eq!(f.len(), 3);
+    }
+
+    proptest! {
+        /// The interval map agrees with a plain set of addresses.
+        #[test]
+        fn agrees_with_a_plain_set(ops in proptest::collection::vec((any::<bool>(), 0u128..64), 0..200)) {
+            let mut f = FreeSet::from_rangeset(&RangeSet::parse(&["0.0.0.0/26"]).unwrap());
+            let mut model: BTreeSet<u128> = (0..64).collect();
+            for (take, v) in ops {
+                if take {
+                    prop_assert_eq!(f.remove(v), model.remove(&v));
+                } else {
+                    prop_assert_eq!(f.insert(v), model.insert(v));
+                }
+                prop_assert_eq!(f.len(), model.len() as u128);
+                let want = model.range(v..).next().or_else(|| model.iter().next()).copied();
+                prop_assert_eq!(f.next_from(v), want);
+            }
+            let mut prev_end: Option<u128> = None;
+            for (s, e) in f.iter() {
+                prop_assert!(s <= e);
+                if let Some(p) = prev_end { prop_assert!(s > p + 1, "not merged"); }
+                prev_end = Some(e);
+            }
+        }
+    }
+}
