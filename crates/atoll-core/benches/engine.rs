@@ -1,1 +1,210 @@
-fn main() {}
+//! Engine benchmarks (issue: the allocation engine).
+//!
+//! - allocate+release on a /16 pool 90% full;
+//! - allocation in a /8 pool holding 1,000,000 scattered addresses, with
+//!   the slowest single allocation of 100,000 printed beside criterion's mean;
+//! - pool choice among 1,000 bound pools for a node with 20 labels, where
+//!   only the last pool serves the node (the worst case of the scan).
+//!
+//! Run: `cargo bench -p atoll-core --bench engine`.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use atoll_core::resource::{
+    IPPool, IPPoolSpec, Node, NodeAffinity, ObjectMeta, Requirement, SelectorTerm, Subnet,
+    SubnetSpec, API_VERSION,
+};
+use atoll_core::{Catalog, Engine, Family, Request};
+use criterion::{criterion_group, criterion_main, Criterion};
+
+fn subnet(name: &str, cidr: &str) -> Subnet {
+    Subnet {
+        api_version: API_VERSION.into(),
+        kind: "Subnet".into(),
+        metadata: ObjectMeta {
+            name: name.into(),
+            ..Default::default()
+        },
+        spec: SubnetSpec {
+            cidr: cidr.into(),
+            ..Default::default()
+        },
+        status: None,
+    }
+}
+
+fn pool(name: &str, subnet: &str, ips: &str, affinity: Option<NodeAffinity>) -> IPPool {
+    IPPool {
+        api_version: API_VERSION.into(),
+        kind: "IPPool".into(),
+        metadata: ObjectMeta {
+            name: name.into(),
+            ..Default::default()
+        },
+        spec: IPPoolSpec {
+            subnet: subnet.into(),
+            ips: vec![ips.into()],
+            node_affinity: affinity,
+            ..Default::default()
+        },
+        status: None,
+    }
+}
+
+/// A deterministic pseudo-random sequence (xorshift), so runs compare.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// An engine with one pool of `cidr`, `held` addresses held at scattered places.
+fn filled(cidr: &str, held: usize) -> (Engine, Vec<usize>) {
+    let cat = Catalog::build(vec![subnet("s", cidr)], vec![pool("p", "s", cidr, None)]).unwrap();
+    let mut e = Engine::new(cat);
+    e.upsert_node(&Node::new("n", &[]));
+    let ids = vec![0];
+    let net: ipnet::Ipv4Net = cidr.parse().unwrap();
+    let base = u32::from(net.network()) as u64;
+    let size = 1u64 << (32 - net.prefix_len());
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut n = 0;
+    while n < held {
+        let v = base + 1 + rng.next() % (size - 2);
+        let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::from(v as u32));
+        if matches!(e.hold(ip, None), atoll_core::Hold::Held { .. }) {
+            n += 1;
+        }
+    }
+    (e, ids)
+}
+
+fn alloc_release_16(c: &mut Criterion) {
+    let size = (1usize << 16) - 2;
+    let (mut e, ids) = filled("10.0.0.0/16", size * 9 / 10);
+    c.bench_function("allocate+release /16 pool 90% full", |b| {
+        b.iter(|| {
+            let a = e
+                .allocate(&Request {
+                    app: "bench",
+                    node: "n",
+                    pools: &ids,
+                    family: Family::V4,
+                })
+                .unwrap();
+            e.release(black_box(a.ip));
+        })
+    });
+}
+
+fn first_alloc_8(c: &mut Criterion) {
+    let (mut e, ids) = filled("10.0.0.0/8", 1_000_000);
+
+    // The slowest single allocation of 100,000, each timed alone.
+    let mut worst = std::time::Duration::ZERO;
+    let mut got = Vec::with_capacity(100_000);
+    for _ in 0..100_000 {
+        let t = Instant::now();
+        let a = e
+            .allocate(&Request {
+                app: "bench",
+                node: "n",
+                pools: &ids,
+                family: Family::V4,
+            })
+            .unwrap();
+        worst = worst.max(t.elapsed());
+        got.push(a.ip);
+    }
+    for ip in got {
+        e.release(ip);
+    }
+    println!("/8 pool with 1,000,000 held: slowest of 100,000 allocations: {worst:?}");
+
+    c.bench_function("allocate /8 pool holding 1,000,000", |b| {
+        b.iter(|| {
+            let a = e
+                .allocate(&Request {
+                    app: "bench",
+                    node: "n",
+                    pools: &ids,
+                    family: Family::V4,
+                })
+                .unwrap();
+            e.release(black_box(a.ip));
+        })
+    });
+}
+
+fn choice_1000(c: &mut Criterion) {
+    let subnets = vec![subnet("s", "10.0.0.0/8")];
+    let pools: Vec<IPPool> = (0..1000)
+        .map(|i| {
+            let affinity = NodeAffinity {
+                node_names: vec![],
+                node_selector_terms: vec![SelectorTerm {
+                    match_labels: [("zone".to_string(), format!("zone{i}"))]
+                        .into_iter()
+                        .collect(),
+                    match_expressions: vec![Requirement {
+                        key: "rack".into(),
+                        operator: "NotIn".into(),
+                        values: vec!["r0".into()],
+                    }],
+                }],
+            };
+            pool(
+                &format!("p{i}"),
+                "s",
+                &format!("10.{}.{}.0/24", i / 256, i % 256),
+                Some(affinity),
+            )
+        })
+        .collect();
+    let cat = Catalog::build(subnets, pools).unwrap();
+    let mut e = Engine::new(cat);
+    let mut labels: Vec<(String, String)> = (0..19)
+        .map(|i| (format!("label{i}"), format!("v{i}")))
+        .collect();
+    labels.push(("zone".into(), "zone999".into()));
+    let label_refs: Vec<(&str, &str)> = labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let node = Node::new("n", &label_refs);
+    e.upsert_node(&node);
+    let names: Vec<String> = (0..1000).map(|i| format!("p{i}")).collect();
+    let ids = e.resolve("bench", "bench", &names).unwrap();
+
+    c.bench_function(
+        "allocate+release choosing among 1,000 pools (match is last)",
+        |b| {
+            b.iter(|| {
+                let a = e
+                    .allocate(&Request {
+                        app: "bench",
+                        node: "n",
+                        pools: &ids,
+                        family: Family::V4,
+                    })
+                    .unwrap();
+                e.release(black_box(a.ip));
+            })
+        },
+    );
+    c.bench_function("full choice report among 1,000 pools", |b| {
+        b.iter(|| black_box(e.choose("n", &ids, Family::V4).unwrap()))
+    });
+    c.bench_function("register a node with 20 labels against 1,000 pools", |b| {
+        b.iter(|| e.upsert_node(black_box(&node)))
+    });
+}
+
+criterion_group!(benches, alloc_release_16, first_alloc_8, choice_1000);
+criterion_main!(benches);

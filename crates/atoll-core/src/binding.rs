@@ -108,18 +108,22 @@ pub fn parse_pool_list(value: &str) -> Result<Vec<String>, ()> {
 /// A malformed annotation at the first source that has one; later sources
 /// are not consulted, since the operator meant that one.
 pub fn resolve_binding(inputs: &BindingInputs<'_>) -> Result<Binding, BindingError> {
-    let from = |annotations: &StringMap, source: BindingSource| -> Option<Result<Binding, BindingError>> {
-        let value = annotations.get(POOLS_ANNOTATION)?;
-        Some(match parse_pool_list(value) {
-            Ok(pools) => Ok(Binding { pools, source }),
-            Err(()) => Err(BindingError {
-                source_: source,
-                value: value.clone(),
-            }),
-        })
-    };
+    let from =
+        |annotations: &StringMap, source: BindingSource| -> Option<Result<Binding, BindingError>> {
+            let value = annotations.get(POOLS_ANNOTATION)?;
+            Some(match parse_pool_list(value) {
+                Ok(pools) => Ok(Binding { pools, source }),
+                Err(()) => Err(BindingError {
+                    source_: source,
+                    value: value.clone(),
+                }),
+            })
+        };
 
-    if let Some(found) = inputs.pod_annotations.and_then(|a| from(a, BindingSource::Pod)) {
+    if let Some(found) = inputs
+        .pod_annotations
+        .and_then(|a| from(a, BindingSource::Pod))
+    {
         return found;
     }
     for (owner, annotations) in inputs.owners {
@@ -149,15 +153,26 @@ pub fn resolve_binding(inputs: &BindingInputs<'_>) -> Result<Binding, BindingErr
 /// to Deployment, Job to CronJob, ...), nearest first, the workload itself
 /// excluded. `lookup(namespace, kind, name)` finds an owner; the walk stops
 /// at an owner it cannot find, and after 8 steps against reference loops.
-pub fn owner_chain(start: &Workload, lookup: impl Fn(&str, &str, &str) -> Option<Workload>) -> Vec<Workload> {
+pub fn owner_chain(
+    start: &Workload,
+    lookup: impl Fn(&str, &str, &str) -> Option<Workload>,
+) -> Vec<Workload> {
     let mut chain: Vec<Workload> = Vec::new();
     let mut current = start.clone();
     for _ in 0..8 {
         let refs = &current.metadata.owner_references;
-        let Some(owner) = refs.iter().find(|r| r.controller == Some(true)).or_else(|| refs.first()) else {
+        let Some(owner) = refs
+            .iter()
+            .find(|r| r.controller == Some(true))
+            .or_else(|| refs.first())
+        else {
             break;
         };
-        let ns = current.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let ns = current
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
         let Some(next) = lookup(&ns, &owner.kind, &owner.name) else {
             break;
         };
@@ -172,7 +187,9 @@ mod tests {
     use super::*;
 
     fn ann(v: &str) -> StringMap {
-        [(POOLS_ANNOTATION.to_string(), v.to_string())].into_iter().collect()
+        [(POOLS_ANNOTATION.to_string(), v.to_string())]
+            .into_iter()
+            .collect()
     }
 
     #[test]
@@ -251,7 +268,10 @@ mod tests {
             err.to_string(),
             "pod annotation ipam.atoll.dev/ippools: \"a,,b\" is not a comma-separated list of pool names"
         );
-        assert_eq!(parse_pool_list(" a , b,a"), Ok(vec!["a".to_string(), "b".to_string()]));
+        assert_eq!(
+            parse_pool_list(" a , b,a"),
+            Ok(vec!["a".to_string(), "b".to_string()])
+        );
         assert_eq!(parse_pool_list(""), Err(()));
     }
 
@@ -278,7 +298,10 @@ mod tests {
             template_annotations: StringMap::new(),
         };
         let pod = wl("Pod", "web-abc-1", Some(("ReplicaSet", "web-abc")));
-        let all = [wl("ReplicaSet", "web-abc", Some(("Deployment", "web"))), wl("Deployment", "web", None)];
+        let all = [
+            wl("ReplicaSet", "web-abc", Some(("Deployment", "web"))),
+            wl("Deployment", "web", None),
+        ];
         let chain = owner_chain(&pod, |ns, kind, name| {
             all.iter()
                 .find(|w| w.kind == kind && w.metadata.name == name && ns == "shop")

@@ -116,7 +116,8 @@ pub struct Catalog {
 pub fn check_object_name(name: &str) -> Result<(), String> {
     let label_ok = |l: &str| {
         !l.is_empty()
-            && l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && l.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
             && !l.starts_with('-')
             && !l.ends_with('-')
     };
@@ -143,19 +144,27 @@ impl Catalog {
         for s in subnets {
             match check_subnet(s) {
                 Ok(s) => {
-                    let clash = cat.subnets.iter().find(|o| o.cidr.overlaps(&s.cidr) || o.name == s.name);
+                    let clash = cat
+                        .subnets
+                        .iter()
+                        .find(|o| o.cidr.overlaps(&s.cidr) || o.name == s.name);
                     if let Some(o) = clash {
                         let (field, reason) = if o.name == s.name {
                             ("metadata.name", "defined twice".to_string())
                         } else {
-                            ("spec.cidr", format!("{} overlaps Subnet/{} ({})", s.cidr, o.name, o.cidr))
+                            (
+                                "spec.cidr",
+                                format!("{} overlaps Subnet/{} ({})", s.cidr, o.name, o.cidr),
+                            )
                         };
                         errors.push(invalid("Subnet", &s.name, field, reason));
                         continue;
                     }
                     cat.subnet_index.insert(s.name.clone(), cat.subnets.len());
                     if let Some(uid) = &s.uid {
-                        cat.subnet_index.entry(uid.clone()).or_insert(cat.subnets.len());
+                        cat.subnet_index
+                            .entry(uid.clone())
+                            .or_insert(cat.subnets.len());
                     }
                     cat.subnets.push(s);
                 }
@@ -167,7 +176,12 @@ impl Catalog {
             match check_pool(p, &cat) {
                 Ok(p) => {
                     if cat.pools.iter().any(|o| o.name == p.name) {
-                        errors.push(invalid("IPPool", &p.name, "metadata.name", "defined twice".into()));
+                        errors.push(invalid(
+                            "IPPool",
+                            &p.name,
+                            "metadata.name",
+                            "defined twice".into(),
+                        ));
                         continue;
                     }
                     if let Some(o) = cat.pools.iter().find(|o| o.ips.intersects(&p.ips)) {
@@ -229,7 +243,11 @@ impl Catalog {
 
     /// Pools marked `default: true`, by name.
     pub fn default_pools(&self) -> Vec<String> {
-        self.pools.iter().filter(|p| p.default).map(|p| p.name.clone()).collect()
+        self.pools
+            .iter()
+            .filter(|p| p.default)
+            .map(|p| p.name.clone())
+            .collect()
     }
 }
 
@@ -256,7 +274,11 @@ fn check_subnet(s: Subnet) -> Result<CheckedSubnet, Invalid> {
     if net.addr() != net.network() {
         return Err(bad(
             "spec.cidr",
-            format!("{:?} has host bits set; the network is {}", s.spec.cidr, net.trunc()),
+            format!(
+                "{:?} has host bits set; the network is {}",
+                s.spec.cidr,
+                net.trunc()
+            ),
         ));
     }
     let cidr = IpRange::from_net(net);
@@ -278,7 +300,9 @@ fn check_subnet(s: Subnet) -> Result<CheckedSubnet, Invalid> {
     }
     for (i, text) in s.spec.exclude_ips.iter().enumerate() {
         let field = format!("spec.excludeIPs[{i}]");
-        let r: IpRange = text.parse().map_err(|e: crate::range::RangeError| bad(&field, e.to_string()))?;
+        let r: IpRange = text
+            .parse()
+            .map_err(|e: crate::range::RangeError| bad(&field, e.to_string()))?;
         if !cidr.covers(&r) {
             return Err(bad(&field, format!("{r} is outside {cidr}")));
         }
@@ -297,14 +321,20 @@ fn check_subnet(s: Subnet) -> Result<CheckedSubnet, Invalid> {
         }
         if let Some(gw) = route.gw {
             if Family::of(gw) != family {
-                return Err(bad(&format!("spec.routes[{i}].gw"), format!("{gw} is not {family}")));
+                return Err(bad(
+                    &format!("spec.routes[{i}].gw"),
+                    format!("{gw} is not {family}"),
+                ));
             }
         }
     }
     if let Some(dns) = &s.spec.dns {
         for (i, ns) in dns.nameservers.iter().enumerate() {
             if ns.parse::<IpAddr>().is_err() {
-                return Err(bad(&format!("spec.dns.nameservers[{i}]"), format!("{ns:?} is not an address")));
+                return Err(bad(
+                    &format!("spec.dns.nameservers[{i}]"),
+                    format!("{ns:?} is not an address"),
+                ));
             }
         }
     }
@@ -337,20 +367,33 @@ fn check_pool(p: IPPool, cat: &Catalog) -> Result<CheckedPool, Invalid> {
     let subnet = &cat.subnets[subnet_id];
 
     if p.spec.ips.is_empty() {
-        return Err(bad("spec.ips", "at least one address, CIDR or range is required".into()));
+        return Err(bad(
+            "spec.ips",
+            "at least one address, CIDR or range is required".into(),
+        ));
     }
     let mut ranges = Vec::new();
     for (i, text) in p.spec.ips.iter().enumerate() {
         let field = format!("spec.ips[{i}]");
-        let r: IpRange = text.parse().map_err(|e: crate::range::RangeError| bad(&field, e.to_string()))?;
+        let r: IpRange = text
+            .parse()
+            .map_err(|e: crate::range::RangeError| bad(&field, e.to_string()))?;
         if r.family() != subnet.family {
             return Err(bad(
                 &field,
-                format!("{r} is {} but Subnet/{} is {}; a pool holds one family", r.family(), subnet.name, subnet.family),
+                format!(
+                    "{r} is {} but Subnet/{} is {}; a pool holds one family",
+                    r.family(),
+                    subnet.name,
+                    subnet.family
+                ),
             ));
         }
         if !subnet.cidr.covers(&r) {
-            return Err(bad(&field, format!("{r} is outside Subnet/{} ({})", subnet.name, subnet.cidr)));
+            return Err(bad(
+                &field,
+                format!("{r} is outside Subnet/{} ({})", subnet.name, subnet.cidr),
+            ));
         }
         ranges.push(r);
     }
@@ -359,7 +402,9 @@ fn check_pool(p: IPPool, cat: &Catalog) -> Result<CheckedPool, Invalid> {
     let mut excluded = Vec::new();
     for (i, text) in p.spec.exclude_ips.iter().enumerate() {
         let field = format!("spec.excludeIPs[{i}]");
-        let r: IpRange = text.parse().map_err(|e: crate::range::RangeError| bad(&field, e.to_string()))?;
+        let r: IpRange = text
+            .parse()
+            .map_err(|e: crate::range::RangeError| bad(&field, e.to_string()))?;
         excluded.push(r);
     }
     let allocatable = ips
@@ -420,16 +465,23 @@ mod tests {
 
     #[test]
     fn reserves_network_broadcast_gateway_and_excludes() {
-        let yaml = subnet("a", "{cidr: 10.0.0.0/24, gateway: 10.0.0.1, excludeIPs: [10.0.0.2-10.0.0.9]}")
-            + &pool("p", "{subnet: a, ips: [10.0.0.0/24], excludeIPs: [10.0.0.100]}")
-            + &subnet("b", "{cidr: 'fd00::/120', gateway: 'fd00::1'}");
+        let yaml = subnet(
+            "a",
+            "{cidr: 10.0.0.0/24, gateway: 10.0.0.1, excludeIPs: [10.0.0.2-10.0.0.9]}",
+        ) + &pool(
+            "p",
+            "{subnet: a, ips: [10.0.0.0/24], excludeIPs: [10.0.0.100]}",
+        ) + &subnet("b", "{cidr: 'fd00::/120', gateway: 'fd00::1'}");
         let cat = catalog(&yaml).unwrap();
         let p = &cat.pools()[0];
         assert_eq!(
             p.allocatable.to_strings(),
             vec!["10.0.0.10-10.0.0.99", "10.0.0.101-10.0.0.254"]
         );
-        assert_eq!(cat.subnets()[1].allocatable.to_strings(), vec!["fd00::2-fd00::ff"]);
+        assert_eq!(
+            cat.subnets()[1].allocatable.to_strings(),
+            vec!["fd00::2-fd00::ff"]
+        );
     }
 
     #[test]

@@ -28,7 +28,9 @@ impl fmt::Display for SkipReason {
             SkipReason::OtherFamily(fam) => write!(f, "holds {fam} addresses"),
             SkipReason::Disabled => f.write_str("disabled"),
             SkipReason::PoolFull => f.write_str("full (borrowing disabled)"),
-            SkipReason::SubnetFull => f.write_str("full, and its subnet has no free address to lend"),
+            SkipReason::SubnetFull => {
+                f.write_str("full, and its subnet has no free address to lend")
+            }
         }
     }
 }
@@ -62,5 +64,9 @@ pub fn describe_skipped(skipped: &[Skipped]) -> String {
     if skipped.is_empty() {
         return "none".into();
     }
-    skipped.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    skipped
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }

@@ -77,7 +77,12 @@ fn serving(cat: &Catalog, node: &Node) -> (Vec<String>, BTreeSet<String>) {
 }
 
 /// Compares two catalogs for the given nodes and held addresses.
-pub fn drift(before: &Catalog, after: &Catalog, nodes: &[Node], held: &[HeldRef<'_>]) -> DriftReport {
+pub fn drift(
+    before: &Catalog,
+    after: &Catalog,
+    nodes: &[Node],
+    held: &[HeldRef<'_>],
+) -> DriftReport {
     let mut report = DriftReport::default();
     let mut subnets_after = std::collections::HashMap::new();
     for n in nodes {
@@ -98,7 +103,9 @@ pub fn drift(before: &Catalog, after: &Catalog, nodes: &[Node], held: &[HeldRef<
         let Some(node_subnets) = subnets_after.get(h.node) else {
             continue;
         };
-        let subnet = after.subnet_of(h.ip).map(|s| after.subnets()[s].name.clone());
+        let subnet = after
+            .subnet_of(h.ip)
+            .map(|s| after.subnets()[s].name.clone());
         if subnet.as_ref().is_some_and(|s| node_subnets.contains(s)) {
             continue;
         }

@@ -131,6 +131,15 @@ pub struct Engine {
     ips_index: Vec<(Family, u128, u128, PoolId)>,
     borrowed_owner: HashMap<(Family, u128), PoolId>,
     nodes: HashMap<String, NodeEntry>,
+    /// Bit i set when pool i is enabled and has a free address: with a
+    /// node's `serves`, pool choice is one AND per bound pool.
+    usable: Vec<u64>,
+    /// Bit i set when pool i is enabled and holds IPv6 addresses.
+    v6: Vec<u64>,
+}
+
+fn bit(id: PoolId) -> (usize, u64) {
+    (id / 64, 1u64 << (id % 64))
 }
 
 impl Engine {
@@ -166,16 +175,43 @@ impl Engine {
             .pools()
             .iter()
             .enumerate()
-            .flat_map(|(id, p)| p.ips.ranges().iter().map(move |r| (r.family(), r.start(), r.end(), id)))
+            .flat_map(|(id, p)| {
+                p.ips
+                    .ranges()
+                    .iter()
+                    .map(move |r| (r.family(), r.start(), r.end(), id))
+            })
             .collect();
         ips_index.sort();
-        Engine {
+        let words = catalog.pools().len().div_ceil(64);
+        let mut engine = Engine {
             catalog,
             pools,
             subnets,
             ips_index,
             borrowed_owner: HashMap::new(),
             nodes: HashMap::new(),
+            usable: vec![0; words],
+            v6: vec![0; words],
+        };
+        for id in 0..engine.pools.len() {
+            let p = &engine.catalog.pools()[id];
+            if p.family == Family::V6 {
+                let (w, b) = bit(id);
+                engine.v6[w] |= b;
+            }
+            engine.refresh_usable(id);
+        }
+        engine
+    }
+
+    /// Recomputes whether a pool may be chosen without borrowing.
+    fn refresh_usable(&mut self, id: PoolId) {
+        let (w, b) = bit(id);
+        if !self.catalog.pools()[id].disabled && !self.pools[id].free.is_empty() {
+            self.usable[w] |= b;
+        } else {
+            self.usable[w] &= !b;
         }
     }
 
@@ -189,7 +225,13 @@ impl Engine {
                 next.pools[id].cursor = self.pools[old].cursor;
             }
         }
-        for (name, sid) in next.catalog.subnets().iter().enumerate().map(|(i, s)| (s.name.clone(), i)) {
+        for (name, sid) in next
+            .catalog
+            .subnets()
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), i))
+        {
             if let Some(old) = self.catalog.subnet_id(&name) {
                 next.subnets[sid].cursor = self.subnets[old].cursor;
             }
@@ -263,21 +305,30 @@ impl Engine {
     ///
     /// # Errors
     /// [`AllocError::UnknownPool`] for the first name that names no pool.
-    pub fn resolve(&self, app: &str, source: &str, names: &[String]) -> Result<Vec<PoolId>, AllocError> {
+    pub fn resolve(
+        &self,
+        app: &str,
+        source: &str,
+        names: &[String],
+    ) -> Result<Vec<PoolId>, AllocError> {
         names
             .iter()
             .map(|n| {
-                self.catalog.pool_id(n).ok_or_else(|| AllocError::UnknownPool {
-                    app: app.to_string(),
-                    pool: n.clone(),
-                    source_: source.to_string(),
-                })
+                self.catalog
+                    .pool_id(n)
+                    .ok_or_else(|| AllocError::UnknownPool {
+                        app: app.to_string(),
+                        pool: n.clone(),
+                        source_: source.to_string(),
+                    })
             })
             .collect()
     }
 
     fn node(&self, name: &str) -> Result<&NodeEntry, AllocError> {
-        self.nodes.get(name).ok_or_else(|| AllocError::UnknownNode { node: name.to_string() })
+        self.nodes.get(name).ok_or_else(|| AllocError::UnknownNode {
+            node: name.to_string(),
+        })
     }
 
     fn serves(&self, node: &NodeEntry, pool: PoolId, family: Family) -> bool {
@@ -305,7 +356,12 @@ impl Engine {
     ///
     /// # Errors
     /// [`AllocError::UnknownNode`].
-    pub fn choose(&self, node: &str, pools: &[PoolId], family: Family) -> Result<Choice, AllocError> {
+    pub fn choose(
+        &self,
+        node: &str,
+        pools: &[PoolId],
+        family: Family,
+    ) -> Result<Choice, AllocError> {
         let n = self.node(node)?;
         let mut choice = Choice::default();
         for &id in pools {
@@ -347,20 +403,32 @@ impl Engine {
     pub fn allocate(&mut self, req: &Request<'_>) -> Result<Allocation, AllocError> {
         let node = self.node(req.node)?;
 
+        // Fast path: the first bound pool that serves the node, holds the
+        // family and has a free address, one AND per pool.
+        let family_mask = if req.family == Family::V6 {
+            0
+        } else {
+            u64::MAX
+        };
         let mut first = None;
-        let mut lender = None;
         for &id in req.pools {
-            if !self.serves(node, id, req.family) {
-                continue;
-            }
-            if !self.pools[id].free.is_empty() {
+            let (w, b) = bit(id);
+            if node.serves[w] & self.usable[w] & (self.v6[w] ^ family_mask) & b != 0 {
                 first = Some(id);
                 break;
             }
-            let p = &self.catalog.pools()[id];
-            if lender.is_none() && p.borrow_step.is_some() && !self.subnets[p.subnet].outside.is_empty() {
-                lender = Some(id);
-            }
+        }
+
+        // Every serving pool is full: the first that may borrow and whose
+        // subnet has something to lend.
+        let mut lender = None;
+        if first.is_none() {
+            lender = req.pools.iter().copied().find(|&id| {
+                let p = &self.catalog.pools()[id];
+                self.serves(node, id, req.family)
+                    && p.borrow_step.is_some()
+                    && !self.subnets[p.subnet].outside.is_empty()
+            });
         }
 
         if let Some(id) = first {
@@ -379,9 +447,10 @@ impl Engine {
             Err(e) => return e,
         };
         let labels = describe_labels(&self.nodes[req.node].labels);
-        let any_serves = choice.skipped.iter().any(|s| {
-            matches!(s.reason, SkipReason::PoolFull | SkipReason::SubnetFull)
-        });
+        let any_serves = choice
+            .skipped
+            .iter()
+            .any(|s| matches!(s.reason, SkipReason::PoolFull | SkipReason::SubnetFull));
         if req.pools.is_empty() {
             return AllocError::NoPools {
                 app: req.app.to_string(),
@@ -411,15 +480,21 @@ impl Engine {
     fn take(&mut self, id: PoolId) -> Allocation {
         let p = &self.catalog.pools()[id];
         let state = &mut self.pools[id];
-        let v = state.free.next_from(state.cursor).expect("pool has a free address");
-        state.free.remove(v);
+        let v = state
+            .free
+            .take_from(state.cursor)
+            .expect("pool has a free address");
         state.cursor = if v >= p.family.max() { 0 } else { v + 1 };
-        Allocation {
+        let allocation = Allocation {
             ip: u128_to_ip(p.family, v),
             pool: id,
             subnet: p.subnet,
             borrowed: state.borrowed.contains(&v),
+        };
+        if state.free.is_empty() {
+            self.refresh_usable(id);
         }
+        allocation
     }
 
     /// Moves up to `step` free addresses of the pool's subnet into the pool.
@@ -431,10 +506,9 @@ impl Engine {
         let mut moved = 0;
         while moved < step {
             let s = &mut self.subnets[sid];
-            let Some(v) = s.outside.next_from(s.cursor) else {
+            let Some(v) = s.outside.take_from(s.cursor) else {
                 break;
             };
-            s.outside.remove(v);
             s.cursor = if v >= family.max() { 0 } else { v + 1 };
             let pool = &mut self.pools[id];
             pool.free.insert(v);
@@ -442,11 +516,14 @@ impl Engine {
             self.borrowed_owner.insert((family, v), id);
             moved += 1;
         }
+        self.refresh_usable(id);
         moved
     }
 
     fn pool_by_ips(&self, family: Family, v: u128) -> Option<PoolId> {
-        let i = self.ips_index.partition_point(|&(f, _, end, _)| (f, end) < (family, v));
+        let i = self
+            .ips_index
+            .partition_point(|&(f, _, end, _)| (f, end) < (family, v));
         self.ips_index
             .get(i)
             .filter(|&&(f, start, _, _)| f == family && start <= v)
@@ -462,28 +539,25 @@ impl Engine {
     /// address borrowed from a subnet is counted in the pool that borrowed it.
     pub fn hold(&mut self, ip: IpAddr, pool: Option<&str>) -> Hold {
         let (family, v) = (Family::of(ip), ip_to_u128(ip));
-        if let Some(id) = self.pool_by_ips(family, v) {
-            return if self.pools[id].free.remove(v) {
-                Hold::Held {
+        let in_pool = self
+            .pool_by_ips(family, v)
+            .map(|id| (id, false))
+            .or_else(|| self.borrowed_owner.get(&(family, v)).map(|&id| (id, true)));
+        if let Some((id, borrowed)) = in_pool {
+            if self.pools[id].free.remove(v) {
+                self.refresh_usable(id);
+                return Hold::Held {
                     pool: Some(id),
-                    borrowed: false,
-                }
-            } else if self.catalog.pools()[id].allocatable.contains(family, v) {
+                    borrowed,
+                };
+            }
+            return if borrowed || self.catalog.pools()[id].allocatable.contains(family, v) {
                 Hold::AlreadyHeld
             } else {
                 Hold::Outside
             };
         }
-        if let Some(&id) = self.borrowed_owner.get(&(family, v)) {
-            return if self.pools[id].free.remove(v) {
-                Hold::Held {
-                    pool: Some(id),
-                    borrowed: true,
-                }
-            } else {
-                Hold::AlreadyHeld
-            };
-        }
+
         let Some(sid) = self.subnet_by_ip(ip) else {
             return Hold::Outside;
         };
@@ -511,22 +585,33 @@ impl Engine {
     /// is now free. An address borrowed into a pool stays in that pool.
     pub fn release(&mut self, ip: IpAddr) -> bool {
         let (family, v) = (Family::of(ip), ip_to_u128(ip));
-        if let Some(id) = self.pool_by_ips(family, v) {
-            return self.catalog.pools()[id].allocatable.contains(family, v) && self.pools[id].free.insert(v);
+        let in_pool = match self.pool_by_ips(family, v) {
+            Some(id) if self.catalog.pools()[id].allocatable.contains(family, v) => Some(id),
+            Some(_) => return false,
+            None => self.borrowed_owner.get(&(family, v)).copied(),
+        };
+        if let Some(id) = in_pool {
+            let freed = self.pools[id].free.insert(v);
+            if freed && self.pools[id].free.len() == 1 {
+                self.refresh_usable(id);
+            }
+            return freed;
         }
-        if let Some(&id) = self.borrowed_owner.get(&(family, v)) {
-            return self.pools[id].free.insert(v);
-        }
+
         let Some(sid) = self.subnet_by_ip(ip) else {
             return false;
         };
-        self.catalog.subnets()[sid].allocatable.contains(family, v) && self.subnets[sid].outside.insert(v)
+        self.catalog.subnets()[sid].allocatable.contains(family, v)
+            && self.subnets[sid].outside.insert(v)
     }
 
     /// Returns true if and only if the engine would offer this address.
     pub fn is_free(&self, ip: IpAddr) -> bool {
         let (family, v) = (Family::of(ip), ip_to_u128(ip));
-        if let Some(id) = self.pool_by_ips(family, v).or_else(|| self.borrowed_owner.get(&(family, v)).copied()) {
+        if let Some(id) = self
+            .pool_by_ips(family, v)
+            .or_else(|| self.borrowed_owner.get(&(family, v)).copied())
+        {
             return self.pools[id].free.contains(v);
         }
         self.subnet_by_ip(ip)

@@ -62,7 +62,10 @@ pub enum AllocError {
         tried: Vec<Skipped>,
     },
     /// Every serving pool, and the subnets they may borrow from, is full.
-    #[error("application {app} on node {node} ({labels}): no free {family} address; pools tried: {}", describe_skipped(tried))]
+    #[error(
+        "application {app} on node {node} ({labels}): no free {family} address; pools tried: {}",
+        describe_skipped(tried)
+    )]
     Exhausted {
         /// Application.
         app: String,

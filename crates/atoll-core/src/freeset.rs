@@ -10,14 +10,17 @@
 //! address at or after a cursor and wraps around to the lowest one.
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
 
 use crate::rangeset::RangeSet;
 
 /// Free addresses of one family, as disjoint, non-adjacent intervals.
+///
+/// Intervals are keyed by their last address, so that taking the first
+/// address of an interval, the common next-fit step, rewrites one value in
+/// place with a single lookup.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FreeSet {
-    /// start -> end, inclusive.
+    /// end -> start, inclusive.
     intervals: BTreeMap<u128, u128>,
     /// Number of free addresses, saturating.
     count: u128,
@@ -33,7 +36,7 @@ impl FreeSet {
     pub fn from_rangeset(set: &RangeSet) -> FreeSet {
         let mut f = FreeSet::new();
         for r in set.ranges() {
-            f.intervals.insert(r.start(), r.end());
+            f.intervals.insert(r.end(), r.start());
             f.count = f.count.saturating_add(r.len());
         }
         f
@@ -54,56 +57,59 @@ impl FreeSet {
         self.intervals.len()
     }
 
-    /// The interval holding `v`, if `v` is free.
-    fn interval_of(&self, v: u128) -> Option<(u128, u128)> {
-        self.intervals
-            .range(..=v)
-            .next_back()
-            .filter(|(_, &end)| end >= v)
-            .map(|(&s, &e)| (s, e))
+    /// The first interval that ends at or after `v`, as (start, end).
+    fn at_or_after(&self, v: u128) -> Option<(u128, u128)> {
+        self.intervals.range(v..).next().map(|(&e, &s)| (s, e))
     }
 
     /// Returns true if and only if `v` is free.
     pub fn contains(&self, v: u128) -> bool {
-        self.interval_of(v).is_some()
+        self.at_or_after(v).is_some_and(|(s, _)| s <= v)
     }
 
     /// The first free address at or after `cursor`, else the lowest free one.
     pub fn next_from(&self, cursor: u128) -> Option<u128> {
-        if let Some((_, end)) = self.interval_of(cursor) {
-            debug_assert!(end >= cursor);
-            return Some(cursor);
+        match self.at_or_after(cursor) {
+            Some((s, _)) => Some(s.max(cursor)),
+            None => self.intervals.values().next().copied(),
         }
-        self.intervals
-            .range((Bound::Excluded(cursor), Bound::Unbounded))
-            .next()
-            .or_else(|| self.intervals.iter().next())
-            .map(|(&s, _)| s)
     }
 
     /// The lowest free address at or after `from` without wrapping.
     pub fn first_at_or_after(&self, from: u128) -> Option<u128> {
-        if self.contains(from) {
-            return Some(from);
-        }
-        self.intervals
-            .range((Bound::Excluded(from), Bound::Unbounded))
-            .next()
-            .map(|(&s, _)| s)
+        self.at_or_after(from).map(|(s, _)| s.max(from))
+    }
+
+    /// Takes the first free address at or after `cursor` (wrapping to the
+    /// lowest), in one lookup when it starts an interval.
+    pub fn take_from(&mut self, cursor: u128) -> Option<u128> {
+        let v = self.next_from(cursor)?;
+        self.remove(v);
+        Some(v)
     }
 
     /// Takes `v` out of the set. Returns false if it was not free.
     pub fn remove(&mut self, v: u128) -> bool {
-        let Some((start, end)) = self.interval_of(v) else {
+        let Some((&end, start)) = self.intervals.range_mut(v..).next() else {
             return false;
         };
-        if start == v {
-            self.intervals.remove(&start);
-        } else {
-            self.intervals.insert(start, v - 1);
+        let s = *start;
+        if s > v {
+            return false;
         }
-        if end > v {
-            self.intervals.insert(v + 1, end);
+        match (s == v, end == v) {
+            (true, true) => {
+                self.intervals.remove(&end);
+            }
+            (true, false) => *start = v + 1,
+            (false, true) => {
+                self.intervals.remove(&end);
+                self.intervals.insert(v - 1, s);
+            }
+            (false, false) => {
+                *start = v + 1;
+                self.intervals.insert(v - 1, s);
+            }
         }
         self.count -= 1;
         true
@@ -111,30 +117,34 @@ impl FreeSet {
 
     /// Puts `v` back. Returns false if it was already free.
     pub fn insert(&mut self, v: u128) -> bool {
-        let before = self.intervals.range(..=v).next_back().map(|(&s, &e)| (s, e));
-        if let Some((_, e)) = before {
-            if e >= v {
+        // The interval after v, if it starts right after v, absorbs v.
+        let mut absorbed = false;
+        if let Some((_, start)) = self.intervals.range_mut(v..).next() {
+            if *start <= v {
                 return false;
             }
+            if v.checked_add(1) == Some(*start) {
+                *start = v;
+                absorbed = true;
+            }
         }
-        let after = v
-            .checked_add(1)
-            .and_then(|n| self.intervals.get(&n).map(|&e| (n, e)));
-
-        let joins_before = before.filter(|&(_, e)| e.checked_add(1) == Some(v));
-        match (joins_before, after) {
-            (Some((s, _)), Some((n, e))) => {
-                self.intervals.remove(&n);
-                self.intervals.insert(s, e);
+        // The interval before v, if it ends right before v, joins.
+        let before = v
+            .checked_sub(1)
+            .and_then(|p| self.intervals.get(&p).map(|&s| (p, s)));
+        match (before, absorbed) {
+            (Some((p, s)), true) => {
+                self.intervals.remove(&p);
+                if let Some((_, start)) = self.intervals.range_mut(v..).next() {
+                    *start = s;
+                }
             }
-            (Some((s, _)), None) => {
-                self.intervals.insert(s, v);
+            (Some((p, s)), false) => {
+                self.intervals.remove(&p);
+                self.intervals.insert(v, s);
             }
-            (None, Some((n, e))) => {
-                self.intervals.remove(&n);
-                self.intervals.insert(v, e);
-            }
-            (None, None) => {
+            (None, true) => {}
+            (None, false) => {
                 self.intervals.insert(v, v);
             }
         }
@@ -142,9 +152,9 @@ impl FreeSet {
         true
     }
 
-    /// Iterates over the free intervals in order.
+    /// Iterates over the free intervals in order, as (start, end).
     pub fn iter(&self) -> impl Iterator<Item = (u128, u128)> + '_ {
-        self.intervals.iter().map(|(&s, &e)| (s, e))
+        self.intervals.iter().map(|(&e, &s)| (s, e))
     }
 }
 

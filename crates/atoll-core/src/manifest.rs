@@ -7,7 +7,9 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::resource::{IPPool, Namespace, Node, ObjectMeta, StringMap, Subnet, Workload, API_VERSION};
+use crate::resource::{
+    IPPool, Namespace, Node, ObjectMeta, StringMap, Subnet, Workload, API_VERSION,
+};
 
 /// Kinds followed as workloads, with the path to their pod template.
 const WORKLOAD_KINDS: &[(&str, &[&str])] = &[
@@ -92,7 +94,9 @@ pub enum ManifestError {
         source: serde_json::Error,
     },
     /// An atoll kind under another API version.
-    #[error("document {index} ({kind}/{name}): apiVersion {found:?} is not served; use {API_VERSION:?}")]
+    #[error(
+        "document {index} ({kind}/{name}): apiVersion {found:?} is not served; use {API_VERSION:?}"
+    )]
     Version {
         /// 1-based index of the document.
         index: usize,
@@ -114,12 +118,17 @@ pub fn parse_manifests(text: &str) -> Result<Vec<Manifest>, ManifestError> {
     let mut out = Vec::new();
     for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
         let index = i + 1;
-        let value = Value::deserialize(doc).map_err(|source| ManifestError::Yaml { index, source })?;
+        let value =
+            Value::deserialize(doc).map_err(|source| ManifestError::Yaml { index, source })?;
         if value.is_null() {
             continue;
         }
         if value.get("kind").and_then(Value::as_str) == Some("List") {
-            let items = value.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
+            let items = value
+                .get("items")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
             for item in items {
                 out.push(parse_document(index, item)?);
             }
@@ -134,12 +143,18 @@ fn parse_document(index: usize, value: Value) -> Result<Manifest, ManifestError>
     let api_version = value
         .get("apiVersion")
         .and_then(Value::as_str)
-        .ok_or(ManifestError::Missing { index, field: "apiVersion" })?
+        .ok_or(ManifestError::Missing {
+            index,
+            field: "apiVersion",
+        })?
         .to_string();
     let kind = value
         .get("kind")
         .and_then(Value::as_str)
-        .ok_or(ManifestError::Missing { index, field: "kind" })?
+        .ok_or(ManifestError::Missing {
+            index,
+            field: "kind",
+        })?
         .to_string();
     let name = value
         .pointer("/metadata/name")
@@ -155,14 +170,20 @@ fn parse_document(index: usize, value: Value) -> Result<Manifest, ManifestError>
 
     let group = api_version.split('/').next().unwrap_or_default();
     match (group, kind.as_str()) {
-        ("ipam.atoll.dev", "Subnet" | "IPPool") if api_version != API_VERSION => Err(ManifestError::Version {
-            index,
-            kind: kind.clone(),
-            name: name.clone(),
-            found: api_version.clone(),
-        }),
-        ("ipam.atoll.dev", "Subnet") => Ok(Manifest::Subnet(serde_json::from_value(value).map_err(shape)?)),
-        ("ipam.atoll.dev", "IPPool") => Ok(Manifest::IPPool(serde_json::from_value(value).map_err(shape)?)),
+        ("ipam.atoll.dev", "Subnet" | "IPPool") if api_version != API_VERSION => {
+            Err(ManifestError::Version {
+                index,
+                kind: kind.clone(),
+                name: name.clone(),
+                found: api_version.clone(),
+            })
+        }
+        ("ipam.atoll.dev", "Subnet") => Ok(Manifest::Subnet(
+            serde_json::from_value(value).map_err(shape)?,
+        )),
+        ("ipam.atoll.dev", "IPPool") => Ok(Manifest::IPPool(
+            serde_json::from_value(value).map_err(shape)?,
+        )),
         ("v1", "Node") => Ok(Manifest::Node(Node {
             metadata: metadata_of(&value).map_err(shape)?,
         })),
@@ -171,12 +192,19 @@ fn parse_document(index: usize, value: Value) -> Result<Manifest, ManifestError>
         })),
         (_, k) if WORKLOAD_KINDS.iter().any(|(w, _)| *w == k) => {
             let metadata = metadata_of(&value).map_err(shape)?;
-            let template_path = WORKLOAD_KINDS.iter().find(|(w, _)| *w == k).map(|(_, p)| *p).unwrap_or(&[]);
+            let template_path = WORKLOAD_KINDS
+                .iter()
+                .find(|(w, _)| *w == k)
+                .map(|(_, p)| *p)
+                .unwrap_or(&[]);
             let template_annotations = if template_path.is_empty() {
                 StringMap::new()
             } else {
                 let mut v = &value;
-                for part in template_path.iter().chain(["metadata", "annotations"].iter()) {
+                for part in template_path
+                    .iter()
+                    .chain(["metadata", "annotations"].iter())
+                {
                     v = v.get(part).unwrap_or(&Value::Null);
                 }
                 if v.is_null() {
@@ -192,7 +220,11 @@ fn parse_document(index: usize, value: Value) -> Result<Manifest, ManifestError>
                 template_annotations,
             }))
         }
-        _ => Ok(Manifest::Other { api_version, kind, name }),
+        _ => Ok(Manifest::Other {
+            api_version,
+            kind,
+            name,
+        }),
     }
 }
 
@@ -279,13 +311,30 @@ metadata: {name: web}
                 "Service/web"
             ]
         );
-        let Manifest::IPPool(pool) = &docs[3] else { panic!() };
+        let Manifest::IPPool(pool) = &docs[3] else {
+            panic!()
+        };
         assert_eq!(pool.spec.ips.len(), 3);
-        assert_eq!(pool.spec.node_affinity.as_ref().unwrap().node_selector_terms.len(), 2);
+        assert_eq!(
+            pool.spec
+                .node_affinity
+                .as_ref()
+                .unwrap()
+                .node_selector_terms
+                .len(),
+            2
+        );
         assert_eq!(pool.spec.auto_extend.as_ref().unwrap().step, 1);
-        let Manifest::Workload(w) = &docs[4] else { panic!() };
-        assert_eq!(w.template_annotations["ipam.atoll.dev/ippools"], "rack-a-web,rack-b-web");
-        let Manifest::Node(n) = &docs[0] else { panic!() };
+        let Manifest::Workload(w) = &docs[4] else {
+            panic!()
+        };
+        assert_eq!(
+            w.template_annotations["ipam.atoll.dev/ippools"],
+            "rack-a-web,rack-b-web"
+        );
+        let Manifest::Node(n) = &docs[0] else {
+            panic!()
+        };
         assert_eq!(n.metadata.labels["zone"], "zone1");
     }
 
@@ -295,13 +344,19 @@ metadata: {name: web}
             match doc {
                 Manifest::Subnet(s) => {
                     let y = serde_norway::to_string(&s).unwrap();
-                    assert_eq!(parse_manifests(&y).unwrap(), vec![Manifest::Subnet(s.clone())]);
+                    assert_eq!(
+                        parse_manifests(&y).unwrap(),
+                        vec![Manifest::Subnet(s.clone())]
+                    );
                     let j = serde_json::to_string(&s).unwrap();
                     assert_eq!(parse_manifests(&j).unwrap(), vec![Manifest::Subnet(s)]);
                 }
                 Manifest::IPPool(p) => {
                     let y = serde_norway::to_string(&p).unwrap();
-                    assert_eq!(parse_manifests(&y).unwrap(), vec![Manifest::IPPool(p.clone())]);
+                    assert_eq!(
+                        parse_manifests(&y).unwrap(),
+                        vec![Manifest::IPPool(p.clone())]
+                    );
                     let j = serde_json::to_string(&p).unwrap();
                     assert_eq!(parse_manifests(&j).unwrap(), vec![Manifest::IPPool(p)]);
                 }

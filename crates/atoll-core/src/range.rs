@@ -303,7 +303,10 @@ mod tests {
     #[test]
     fn refuses_bad_spellings_with_the_reason() {
         let cases: &[(&str, &str)] = &[
-            ("10.0.0.1/24", "has host bits set; the network is 10.0.0.0/24"),
+            (
+                "10.0.0.1/24",
+                "has host bits set; the network is 10.0.0.0/24",
+            ),
             ("10.0.0.9-10.0.0.1", "starts after it ends"),
             ("10.0.0.1-fd00::1", "mixes IPv4 and IPv6"),
             ("10.0.0.256", "is not an address"),

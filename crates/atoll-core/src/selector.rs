@@ -126,7 +126,8 @@ impl Affinity {
             if term.match_labels.is_empty() && term.match_expressions.is_empty() {
                 return Err(err(
                     at,
-                    "empty term would select every node; omit nodeAffinity to serve every node".into(),
+                    "empty term would select every node; omit nodeAffinity to serve every node"
+                        .into(),
                 ));
             }
             let mut requirements = Vec::new();
@@ -142,30 +143,31 @@ impl Affinity {
                     check_value(v).map_err(|r| err(format!("{at}.values[{j}]"), r))?;
                 }
                 let values: BTreeSet<String> = req.values.iter().cloned().collect();
-                let op = match req.operator.as_str() {
-                    "In" | "NotIn" if values.is_empty() => {
-                        return Err(err(
-                            format!("{at}.values"),
-                            format!("operator {} needs at least one value", req.operator),
-                        ))
-                    }
-                    "Exists" | "DoesNotExist" if !values.is_empty() => {
-                        return Err(err(
-                            format!("{at}.values"),
-                            format!("operator {} takes no values", req.operator),
-                        ))
-                    }
-                    "In" => Op::In(values),
-                    "NotIn" => Op::NotIn(values),
-                    "Exists" => Op::Exists,
-                    "DoesNotExist" => Op::DoesNotExist,
-                    other => {
-                        return Err(err(
+                let op =
+                    match req.operator.as_str() {
+                        "In" | "NotIn" if values.is_empty() => {
+                            return Err(err(
+                                format!("{at}.values"),
+                                format!("operator {} needs at least one value", req.operator),
+                            ))
+                        }
+                        "Exists" | "DoesNotExist" if !values.is_empty() => {
+                            return Err(err(
+                                format!("{at}.values"),
+                                format!("operator {} takes no values", req.operator),
+                            ))
+                        }
+                        "In" => Op::In(values),
+                        "NotIn" => Op::NotIn(values),
+                        "Exists" => Op::Exists,
+                        "DoesNotExist" => Op::DoesNotExist,
+                        other => return Err(err(
                             format!("{at}.operator"),
-                            format!("unknown operator {other:?}; use In, NotIn, Exists or DoesNotExist"),
-                        ))
-                    }
-                };
+                            format!(
+                                "unknown operator {other:?}; use In, NotIn, Exists or DoesNotExist"
+                            ),
+                        )),
+                    };
                 requirements.push((req.key.clone(), op));
             }
             terms.push(Term { requirements });
@@ -202,7 +204,10 @@ fn check_name(name: &str) -> Result<(), String> {
     let ok_inner = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.';
     let first = name.chars().next().unwrap_or(' ');
     let last = name.chars().last().unwrap_or(' ');
-    if !first.is_ascii_alphanumeric() || !last.is_ascii_alphanumeric() || !name.chars().all(ok_inner) {
+    if !first.is_ascii_alphanumeric()
+        || !last.is_ascii_alphanumeric()
+        || !name.chars().all(ok_inner)
+    {
         return Err(format!(
             "{name:?} must start and end with a letter or digit and hold only letters, digits, '-', '_' and '.'"
         ));
@@ -219,7 +224,8 @@ fn check_key(key: &str) -> Result<(), String> {
         let dns_label = |l: &str| {
             !l.is_empty()
                 && l.len() <= 63
-                && l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && l.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
                 && !l.starts_with('-')
                 && !l.ends_with('-')
         };
@@ -243,7 +249,10 @@ mod tests {
     use crate::resource::{Requirement, SelectorTerm};
 
     fn labels(pairs: &[(&str, &str)]) -> StringMap {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn expr(key: &str, op: &str, values: &[&str]) -> Requirement {
@@ -271,24 +280,75 @@ mod tests {
             match_expressions: e,
         };
         let cases: Vec<(&str, NodeAffinity, &StringMap, bool)> = vec![
-            ("In hit", terms(vec![term(vec![expr("zone", "In", &["zone1", "zone2"])])]), &zone1, true),
-            ("In miss", terms(vec![term(vec![expr("zone", "In", &["zone2"])])]), &zone1, false),
-            ("In absent", terms(vec![term(vec![expr("zone", "In", &["zone2"])])]), &bare, false),
-            ("NotIn hit", terms(vec![term(vec![expr("zone", "NotIn", &["zone1"])])]), &zone3, true),
-            ("NotIn miss", terms(vec![term(vec![expr("zone", "NotIn", &["zone1"])])]), &zone1, false),
-            ("NotIn absent key", terms(vec![term(vec![expr("zone", "NotIn", &["zone1"])])]), &bare, true),
-            ("Exists", terms(vec![term(vec![expr("disk", "Exists", &[])])]), &zone1, true),
-            ("Exists absent", terms(vec![term(vec![expr("disk", "Exists", &[])])]), &zone3, false),
-            ("DoesNotExist", terms(vec![term(vec![expr("disk", "DoesNotExist", &[])])]), &zone3, true),
+            (
+                "In hit",
+                terms(vec![term(vec![expr("zone", "In", &["zone1", "zone2"])])]),
+                &zone1,
+                true,
+            ),
+            (
+                "In miss",
+                terms(vec![term(vec![expr("zone", "In", &["zone2"])])]),
+                &zone1,
+                false,
+            ),
+            (
+                "In absent",
+                terms(vec![term(vec![expr("zone", "In", &["zone2"])])]),
+                &bare,
+                false,
+            ),
+            (
+                "NotIn hit",
+                terms(vec![term(vec![expr("zone", "NotIn", &["zone1"])])]),
+                &zone3,
+                true,
+            ),
+            (
+                "NotIn miss",
+                terms(vec![term(vec![expr("zone", "NotIn", &["zone1"])])]),
+                &zone1,
+                false,
+            ),
+            (
+                "NotIn absent key",
+                terms(vec![term(vec![expr("zone", "NotIn", &["zone1"])])]),
+                &bare,
+                true,
+            ),
+            (
+                "Exists",
+                terms(vec![term(vec![expr("disk", "Exists", &[])])]),
+                &zone1,
+                true,
+            ),
+            (
+                "Exists absent",
+                terms(vec![term(vec![expr("disk", "Exists", &[])])]),
+                &zone3,
+                false,
+            ),
+            (
+                "DoesNotExist",
+                terms(vec![term(vec![expr("disk", "DoesNotExist", &[])])]),
+                &zone3,
+                true,
+            ),
             (
                 "AND within a term",
-                terms(vec![term(vec![expr("zone", "In", &["zone1"]), expr("disk", "DoesNotExist", &[])])]),
+                terms(vec![term(vec![
+                    expr("zone", "In", &["zone1"]),
+                    expr("disk", "DoesNotExist", &[]),
+                ])]),
                 &zone1,
                 false,
             ),
             (
                 "OR across terms",
-                terms(vec![term(vec![expr("zone", "In", &["zone3"])]), term(vec![expr("disk", "Exists", &[])])]),
+                terms(vec![
+                    term(vec![expr("zone", "In", &["zone3"])]),
+                    term(vec![expr("disk", "Exists", &[])]),
+                ]),
                 &zone1,
                 true,
             ),
@@ -325,12 +385,18 @@ mod tests {
         let a = Affinity::compile(Some(&spec)).unwrap();
         let none = labels(&[]);
         let z2 = labels(&[("zone", "zone2")]);
-        let n = |name, uid, l| NodeRef { name, uid, labels: l };
+        let n = |name, uid, l| NodeRef {
+            name,
+            uid,
+            labels: l,
+        };
         assert!(a.matches(&n("node-1", None, &none)));
         assert!(a.matches(&n("node-9", Some("uid-7"), &none)));
         assert!(a.matches(&n("node-9", None, &z2)));
         assert!(!a.matches(&n("node-9", Some("uid-8"), &none)));
-        assert!(Affinity::compile(None).unwrap().matches(&n("x", None, &none)));
+        assert!(Affinity::compile(None)
+            .unwrap()
+            .matches(&n("x", None, &none)));
     }
 
     #[test]
