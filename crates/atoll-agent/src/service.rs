@@ -1,0 +1,571 @@
+//! The agent's allocation service: one node, one store, one engine.
+//!
+//! Each request runs in three steps, and the engine lock is held only for
+//! the first and the last, never across a store round trip, so requests for
+//! different containers run in parallel:
+//!
+//! 1. **choose** under the lock: the engine picks the next free address and
+//!    counts it held;
+//! 2. **claim** in the store, create-if-absent, without the lock;
+//! 3. **settle** under the lock: won, done; taken by another writer, the
+//!    engine keeps it held and the loop picks the next one; failed, the
+//!    engine gets it back.
+//!
+//! ADD is all or nothing: a dual-stack ADD whose second family fails
+//! releases the first. DEL is best effort: it goes on past errors and
+//! reports them together.
+//!
+//! The engine is a cache of the store. It is rebuilt when the resource
+//! generation moves (subnets or pools applied), and its claims are reloaded
+//! when a pool looks exhausted, since other agents and the CLI release
+//! addresses the cache does not see.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::IpAddr;
+
+use atoll_core::binding::{owner_chain, parse_pool_list, resolve_binding, BindingInputs, BindingSource};
+use atoll_core::error::describe_labels;
+use atoll_core::resource::{Dns, IPPool, Namespace, Node, Route, StringMap, Subnet, Workload};
+use atoll_core::{AllocError, Catalog, Engine, Family, Request};
+use atoll_store::{workload_key, Attachment, Claim, ClaimOutcome, Kind, SharedStore, StoreError};
+use tokio::sync::Mutex;
+use tracing::{debug, info, warn};
+
+/// How many lost races one ADD tolerates before it asks the runtime to retry.
+const MAX_LOST_RACES: usize = 256;
+
+/// What an ADD asks for.
+#[derive(Debug, Clone)]
+pub struct AddRequest {
+    /// The attachment.
+    pub attachment: Attachment,
+    /// The CNI network name.
+    pub network: String,
+    /// The `pools` of the CNI network config.
+    pub cni_pools: Vec<String>,
+    /// `CNI_ARGS`, parsed.
+    pub args: BTreeMap<String, String>,
+}
+
+/// One address of a result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpResult {
+    /// The address.
+    pub address: IpAddr,
+    /// Prefix length of its subnet.
+    pub prefix_len: u8,
+    /// The subnet's gateway.
+    pub gateway: Option<IpAddr>,
+    /// The pool.
+    pub pool: String,
+    /// The subnet.
+    pub subnet: String,
+}
+
+/// What an ADD returns.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AddResult {
+    /// One address per family.
+    pub ips: Vec<IpResult>,
+    /// Routes of the subnets.
+    pub routes: Vec<Route>,
+    /// DNS of the first subnet that has some.
+    pub dns: Option<Dns>,
+}
+
+/// Failures of the service, each with a CNI code.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Pool choice or allocation failed.
+    #[error(transparent)]
+    Alloc(#[from] AllocError),
+    /// The binding could not be read or names an unknown application.
+    #[error("{0}")]
+    Binding(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Too many lost races in a row.
+    #[error("container {attachment}: lost {races} races for addresses to other writers; try again")]
+    Contended {
+        /// The attachment.
+        attachment: String,
+        /// How many races were lost.
+        races: usize,
+    },
+    /// CHECK found other addresses than expected.
+    #[error("container {attachment} holds {held:?}, expected {expected:?}")]
+    Mismatch {
+        /// The attachment.
+        attachment: String,
+        /// What it holds.
+        held: Vec<String>,
+        /// What the runtime expected.
+        expected: Vec<String>,
+    },
+    /// Stored resources do not validate (they were written around `apply`).
+    #[error("stored subnets and pools are invalid: {0}")]
+    InvalidResources(String),
+    /// Several failures of a best-effort operation.
+    #[error("{}", .0.join("; "))]
+    Several(Vec<String>),
+}
+
+impl AgentError {
+    /// The CNI error code.
+    pub fn code(&self) -> u32 {
+        use atoll_cni::codes::*;
+        match self {
+            AgentError::Alloc(AllocError::NoPoolMatches { .. }) | AgentError::Alloc(AllocError::NoPools { .. }) => {
+                NO_POOL_MATCHES
+            }
+            AgentError::Alloc(AllocError::Exhausted { .. }) => EXHAUSTED,
+            AgentError::Alloc(AllocError::UnknownPool { .. }) | AgentError::Binding(_) => UNKNOWN_POOL,
+            AgentError::Alloc(AllocError::UnknownNode { .. }) => UNKNOWN_NODE,
+            AgentError::Store(StoreError::Unavailable { .. }) | AgentError::Contended { .. } => TRY_AGAIN_LATER,
+            AgentError::Mismatch { .. } => ADDRESS_MISMATCH,
+            AgentError::Store(_) | AgentError::InvalidResources(_) | AgentError::Several(_) => INTERNAL,
+        }
+    }
+}
+
+struct State {
+    engine: Engine,
+    generation: Option<u64>,
+}
+
+/// The allocation service of one node.
+pub struct Service {
+    store: SharedStore,
+    node: String,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").field("node", &self.node).field("store", &self.store.describe()).finish()
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(kind: Kind, key: &str, value: serde_json::Value) -> Result<T, StoreError> {
+    serde_json::from_value(value).map_err(|e| StoreError::Corrupt {
+        key: format!("{kind}/{key}"),
+        reason: e.to_string(),
+    })
+}
+
+impl Service {
+    /// A service for `node`. Registers the node: with `labels` when given
+    /// (they replace what is stored), else with the labels already stored.
+    ///
+    /// # Errors
+    /// The store's.
+    pub async fn start(store: SharedStore, node: &str, labels: Option<StringMap>) -> Result<Service, AgentError> {
+        let stored = store.get(Kind::Node, node).await?;
+        let mut n: Node = match stored {
+            Some(o) => decode(Kind::Node, node, o.value)?,
+            None => Node::new(node, &[]),
+        };
+        n.metadata.name = node.to_string();
+        if let Some(labels) = labels {
+            n.metadata.labels = labels;
+        }
+        let value = serde_json::to_value(&n).expect("a node serialises");
+        store.put(Kind::Node, node, &value).await?;
+        info!(node, labels = %describe_labels(&n.metadata.labels), store = %store.describe(), "node registered");
+
+        let service = Service {
+            store,
+            node: node.to_string(),
+            state: Mutex::new(State {
+                engine: Engine::new(Catalog::default()),
+                generation: None,
+            }),
+        };
+        service.refresh(true).await?;
+        Ok(service)
+    }
+
+    /// The node this service allocates for.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The store.
+    pub fn store(&self) -> &SharedStore {
+        &self.store
+    }
+
+    /// Rebuilds the engine if the resources changed, or always when `force`.
+    async fn refresh(&self, force: bool) -> Result<(), AgentError> {
+        let generation = self.store.generation().await?;
+        {
+            let state = self.state.lock().await;
+            if !force && state.generation == Some(generation) {
+                return Ok(());
+            }
+        }
+
+        // Read everything without the lock, then swap.
+        let mut subnets = Vec::new();
+        for o in self.store.list(Kind::Subnet).await? {
+            subnets.push(decode::<Subnet>(Kind::Subnet, &o.key, o.value)?);
+        }
+        let mut pools = Vec::new();
+        for o in self.store.list(Kind::IPPool).await? {
+            pools.push(decode::<IPPool>(Kind::IPPool, &o.key, o.value)?);
+        }
+        let catalog = Catalog::build(subnets, pools).map_err(|e| AgentError::InvalidResources(e.to_string()))?;
+        let mut nodes = Vec::new();
+        for o in self.store.list(Kind::Node).await? {
+            nodes.push(decode::<Node>(Kind::Node, &o.key, o.value)?);
+        }
+        let claims = self.store.list_claims(None).await?;
+
+        let mut state = self.state.lock().await;
+        let mut engine = state.engine.rebuild(catalog);
+        for n in &nodes {
+            engine.upsert_node(n);
+        }
+        for c in &claims {
+            engine.hold(c.ip, Some(&c.pool));
+        }
+        debug!(
+            generation,
+            subnets = engine.catalog().subnets().len(),
+            pools = engine.catalog().pools().len(),
+            claims = claims.len(),
+            "engine rebuilt"
+        );
+        state.engine = engine;
+        state.generation = Some(generation);
+        Ok(())
+    }
+
+    /// Finds the pools of the application behind a request, and the application's name.
+    async fn binding(&self, req: &AddRequest) -> Result<(String, Vec<String>, BindingSource), AgentError> {
+        let args = &req.args;
+        let pod_ns = args.get("K8S_POD_NAMESPACE").cloned();
+        let pod_name = args.get("K8S_POD_NAME").cloned();
+
+        // The workload: a pod known to the store, or ATOLL_APP=<namespace>/<name>.
+        let (app, workload) = if let Some(app) = args.get("ATOLL_APP") {
+            let (ns, name) = app
+                .split_once('/')
+                .filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
+                .ok_or_else(|| AgentError::Binding(format!("ATOLL_APP={app:?}: expected <namespace>/<name>")))?;
+            let found = self.find_workload(ns, name).await?;
+            if found.is_none() {
+                return Err(AgentError::Binding(format!(
+                    "ATOLL_APP={app}: no workload {name} in namespace {ns}; apply it with `atoll apply`"
+                )));
+            }
+            (app.clone(), found)
+        } else if let (Some(ns), Some(name)) = (&pod_ns, &pod_name) {
+            let pod = self.store.get(Kind::Workload, &workload_key(ns, "Pod", name)).await?;
+            let pod = match pod {
+                Some(o) => Some(decode::<Workload>(Kind::Workload, &o.key, o.value)?),
+                None => None,
+            };
+            (format!("{ns}/{name}"), pod)
+        } else {
+            (format!("{}/{}", req.network, req.attachment.container_id), None)
+        };
+
+        // Explicit pools in CNI_ARGS come first: the runtime's caller chose them.
+        if let Some(list) = args.get("ATOLL_POOLS") {
+            let pools = parse_pool_list(list)
+                .map_err(|()| AgentError::Binding(format!("ATOLL_POOLS={list:?} is not a comma-separated list of pool names")))?;
+            return Ok((app, pools, BindingSource::Pod));
+        }
+
+        // Owners, nearest first, read from the store.
+        let mut owners: Vec<(String, StringMap)> = Vec::new();
+        let mut pod_annotations = None;
+        let namespace_name = workload
+            .as_ref()
+            .and_then(|w| w.metadata.namespace.clone())
+            .or(pod_ns.clone());
+        if let Some(w) = &workload {
+            // A pod's own annotations, or a workload's pod template.
+            let mut annotations = w.template_annotations.clone();
+            if w.kind == "Pod" {
+                annotations.extend(w.metadata.annotations.clone());
+            } else {
+                owners.push((format!("{}/{}", w.kind, w.key()), w.metadata.annotations.clone()));
+            }
+            pod_annotations = Some(annotations);
+            let all = self.store.list(Kind::Workload).await?;
+            let all: Vec<Workload> = all
+                .into_iter()
+                .filter_map(|o| serde_json::from_value(o.value).ok())
+                .collect();
+            for o in owner_chain(w, |ns, kind, name| {
+                all.iter()
+                    .find(|x| x.kind == kind && x.metadata.name == name && x.metadata.namespace.as_deref().unwrap_or("default") == ns)
+                    .cloned()
+            }) {
+                owners.push((format!("{}/{}", o.kind, o.key()), o.metadata.annotations.clone()));
+            }
+        }
+        let namespace = match &namespace_name {
+            Some(ns) => match self.store.get(Kind::Namespace, ns).await? {
+                Some(o) => Some(decode::<Namespace>(Kind::Namespace, ns, o.value)?),
+                None => None,
+            },
+            None => None,
+        };
+        let defaults = self.state.lock().await.engine.catalog().default_pools();
+        let binding = resolve_binding(&BindingInputs {
+            pod_annotations: pod_annotations.as_ref(),
+            owners: &owners,
+            namespace: namespace.as_ref().map(|n| (n.metadata.name.as_str(), &n.metadata.annotations)),
+            cni_pools: &req.cni_pools,
+            default_pools: &defaults,
+        })
+        .map_err(|e| AgentError::Binding(e.to_string()))?;
+        Ok((app, binding.pools, binding.source))
+    }
+
+    async fn find_workload(&self, ns: &str, name: &str) -> Result<Option<Workload>, AgentError> {
+        // Prefer controllers over pods of the same name.
+        for kind in ["Deployment", "StatefulSet", "DaemonSet", "CronJob", "Job", "ReplicaSet", "Pod"] {
+            if let Some(o) = self.store.get(Kind::Workload, &workload_key(ns, kind, name)).await? {
+                return Ok(Some(decode(Kind::Workload, &o.key, o.value)?));
+            }
+        }
+        Ok(None)
+    }
+
+    fn result_of(&self, engine: &Engine, claims: &[Claim]) -> AddResult {
+        let mut out = AddResult::default();
+        let mut seen = HashSet::new();
+        for c in claims {
+            let Some(sid) = engine.catalog().subnet_id(&c.subnet) else {
+                out.ips.push(IpResult {
+                    address: c.ip,
+                    prefix_len: if c.ip.is_ipv4() { 32 } else { 128 },
+                    gateway: None,
+                    pool: c.pool.clone(),
+                    subnet: c.subnet.clone(),
+                });
+                continue;
+            };
+            let s = &engine.catalog().subnets()[sid];
+            out.ips.push(IpResult {
+                address: c.ip,
+                prefix_len: s.prefix_len,
+                gateway: s.gateway,
+                pool: c.pool.clone(),
+                subnet: s.name.clone(),
+            });
+            if seen.insert(sid) {
+                out.routes.extend(s.routes.iter().cloned());
+                if out.dns.is_none() {
+                    out.dns = s.dns.clone();
+                }
+            }
+        }
+        out.ips.sort_by_key(|i| i.address.is_ipv6());
+        out
+    }
+
+    /// ADD: one address per family offered by the application's pools that
+    /// serve this node. Idempotent: the same attachment gets the same addresses.
+    ///
+    /// # Errors
+    /// See [`AgentError`]; nothing stays claimed on error.
+    pub async fn add(&self, req: &AddRequest) -> Result<AddResult, AgentError> {
+        self.refresh(false).await?;
+
+        let existing = self.store.claims_of(&req.attachment).await?;
+        if !existing.is_empty() {
+            let state = self.state.lock().await;
+            debug!(container = %req.attachment, "ADD repeated: same addresses");
+            return Ok(self.result_of(&state.engine, &existing));
+        }
+
+        let (app, names, source) = self.binding(req).await?;
+        let (pools, families) = {
+            let state = self.state.lock().await;
+            let pools = state.engine.resolve(&app, &source.to_string(), &names)?;
+            let mut families = state.engine.families(&self.node, &pools)?;
+            if families.is_empty() {
+                families.push(Family::V4);
+            }
+            (pools, families)
+        };
+
+        let mut claimed: Vec<Claim> = Vec::new();
+        for family in families {
+            match self.claim_one(req, &app, &pools, family).await {
+                Ok(c) => claimed.push(c),
+                Err(e) => {
+                    self.undo(&claimed).await;
+                    return Err(e);
+                }
+            }
+        }
+
+        let state = self.state.lock().await;
+        for c in &claimed {
+            info!(
+                container = %req.attachment.container_id,
+                ifname = %req.attachment.ifname,
+                node = %self.node,
+                app = %app,
+                pool = %c.pool,
+                subnet = %c.subnet,
+                ip = %c.ip,
+                borrowed = c.borrowed,
+                "allocated"
+            );
+        }
+        Ok(self.result_of(&state.engine, &claimed))
+    }
+
+    async fn claim_one(&self, req: &AddRequest, app: &str, pools: &[usize], family: Family) -> Result<Claim, AgentError> {
+        let mut reloaded = false;
+        for races in 0..=MAX_LOST_RACES {
+            let chosen = {
+                let mut state = self.state.lock().await;
+                let r = state.engine.allocate(&Request {
+                    app,
+                    node: &self.node,
+                    pools,
+                    family,
+                });
+                r.map(|a| {
+                    let cat = state.engine.catalog();
+                    (a, cat.pools()[a.pool].name.clone(), cat.subnets()[a.subnet].name.clone())
+                })
+            };
+            let (a, pool, subnet) = match chosen {
+                Ok(x) => x,
+                Err(AllocError::Exhausted { .. }) if !reloaded => {
+                    // Others may have released what this cache still counts held.
+                    reloaded = true;
+                    self.refresh(true).await?;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+
+            let claim = Claim {
+                subnet,
+                ip: a.ip,
+                pool,
+                attachment: req.attachment.clone(),
+                node: self.node.clone(),
+                app: app.to_string(),
+                borrowed: a.borrowed,
+                created: 0,
+            };
+            match self.store.claim(&claim).await {
+                Ok(ClaimOutcome::Won) => return Ok(claim),
+                Ok(ClaimOutcome::Taken { holder }) => {
+                    debug!(ip = %a.ip, holder = %holder, races, "address taken by another writer; moving on");
+                }
+                Err(e) => {
+                    self.state.lock().await.engine.release(a.ip);
+                    return Err(e.into());
+                }
+            }
+        }
+        Err(AgentError::Contended {
+            attachment: req.attachment.to_string(),
+            races: MAX_LOST_RACES,
+        })
+    }
+
+    async fn undo(&self, claimed: &[Claim]) {
+        for c in claimed {
+            match self.store.release(&c.subnet, c.ip, &c.attachment).await {
+                Ok(_) => {
+                    self.state.lock().await.engine.release(c.ip);
+                }
+                Err(e) => warn!(ip = %c.ip, container = %c.attachment, error = %e, "undo of a partial ADD failed; `atoll gc` will reclaim it"),
+            }
+        }
+    }
+
+    /// DEL: releases what the attachment holds. Succeeds when it holds nothing.
+    ///
+    /// # Errors
+    /// Every release that failed, together.
+    pub async fn del(&self, attachment: &Attachment) -> Result<(), AgentError> {
+        let claims = self.store.claims_of(attachment).await?;
+        let mut errors = Vec::new();
+        for c in &claims {
+            match self.store.release(&c.subnet, c.ip, attachment).await {
+                Ok(released) => {
+                    self.state.lock().await.engine.release(c.ip);
+                    if released {
+                        info!(container = %attachment.container_id, ifname = %attachment.ifname, node = %self.node, pool = %c.pool, ip = %c.ip, "released");
+                    }
+                }
+                Err(e) => errors.push(format!("release {} of {attachment}: {e}", c.ip)),
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(AgentError::Several(errors))
+        }
+    }
+
+    /// CHECK: the attachment holds exactly the expected addresses.
+    ///
+    /// # Errors
+    /// [`AgentError::Mismatch`].
+    pub async fn check(&self, attachment: &Attachment, expected: &[IpAddr]) -> Result<(), AgentError> {
+        let held: BTreeSet<IpAddr> = self.store.claims_of(attachment).await?.into_iter().map(|c| c.ip).collect();
+        let want: BTreeSet<IpAddr> = expected.iter().copied().collect();
+        if held.is_empty() || held != want {
+            return Err(AgentError::Mismatch {
+                attachment: attachment.to_string(),
+                held: held.iter().map(ToString::to_string).collect(),
+                expected: want.iter().map(ToString::to_string).collect(),
+            });
+        }
+        Ok(())
+    }
+
+    /// GC: releases every claim of this node whose attachment is not valid.
+    /// Returns the released claims.
+    ///
+    /// # Errors
+    /// Every release that failed, together.
+    pub async fn gc(&self, valid: &[Attachment]) -> Result<Vec<Claim>, AgentError> {
+        let valid: HashSet<&Attachment> = valid.iter().collect();
+        let mut released = Vec::new();
+        let mut errors = Vec::new();
+        for c in self.store.list_claims(Some(&self.node)).await? {
+            if valid.contains(&c.attachment) {
+                continue;
+            }
+            match self.store.release(&c.subnet, c.ip, &c.attachment).await {
+                Ok(true) => {
+                    self.state.lock().await.engine.release(c.ip);
+                    info!(container = %c.attachment.container_id, ifname = %c.attachment.ifname, node = %self.node, pool = %c.pool, ip = %c.ip, "released by gc");
+                    released.push(c);
+                }
+                Ok(false) => {}
+                Err(e) => errors.push(format!("release {} of {}: {e}", c.ip, c.attachment)),
+            }
+        }
+        if errors.is_empty() {
+            Ok(released)
+        } else {
+            Err(AgentError::Several(errors))
+        }
+    }
+
+    /// STATUS: the store answers and the engine is current.
+    ///
+    /// # Errors
+    /// The store's.
+    pub async fn status(&self) -> Result<(), AgentError> {
+        self.refresh(false).await
+    }
+}
