@@ -10,7 +10,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use atoll_cni::wire::{AgentOk, AgentRequest, AgentResponse, Command, WireDns, WireIp, WireRoute, MAX_MESSAGE_BYTES};
+use atoll_cni::wire::{
+    AgentOk, AgentRequest, AgentResponse, Command, WireDns, WireIp, WireRoute, MAX_MESSAGE_BYTES,
+};
 use atoll_store::Attachment;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -50,7 +52,9 @@ pub async fn bind(path: &Path) -> Result<UnixListener, ServeError> {
     };
     if path.exists() {
         if UnixStream::connect(path).await.is_ok() {
-            return Err(ServeError::InUse { path: path.to_path_buf() });
+            return Err(ServeError::InUse {
+                path: path.to_path_buf(),
+            });
         }
         std::fs::remove_file(path).map_err(listen_err)?;
     }
@@ -109,7 +113,11 @@ async fn handle(service: Arc<Service>, stream: UnixStream) {
                 let span = tracing::info_span!("request", command = ?req.command, container = %req.container_id, ifname = %req.ifname);
                 dispatch(&service, req).instrument(span).await
             }
-            Err(e) => AgentResponse::error(atoll_cni::codes::DECODE_FAILURE, "malformed request", e.to_string()),
+            Err(e) => AgentResponse::error(
+                atoll_cni::codes::DECODE_FAILURE,
+                "malformed request",
+                e.to_string(),
+            ),
         },
         Err(e) => {
             debug!(error = %e, "reading a request failed");
@@ -143,9 +151,15 @@ async fn dispatch(service: &Service, req: AgentRequest) -> AgentResponse {
                 cni_pools: req.pools.clone(),
                 args: req.args.clone(),
             };
-            service.add(&add).await.map(|r| AgentResponse::Ok(to_wire(&r)))
+            service
+                .add(&add)
+                .await
+                .map(|r| AgentResponse::Ok(to_wire(&r)))
         }
-        Command::Del => service.del(&attachment).await.map(|()| AgentResponse::empty()),
+        Command::Del => service
+            .del(&attachment)
+            .await
+            .map(|()| AgentResponse::empty()),
         Command::Check => {
             let mut expected = Vec::new();
             for cidr in &req.expected_ips {
@@ -161,7 +175,10 @@ async fn dispatch(service: &Service, req: AgentRequest) -> AgentResponse {
                     }
                 }
             }
-            service.check(&attachment, &expected).await.map(|()| AgentResponse::empty())
+            service
+                .check(&attachment, &expected)
+                .await
+                .map(|()| AgentResponse::empty())
         }
         Command::Gc => {
             let valid: Vec<Attachment> = req

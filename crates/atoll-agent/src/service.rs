@@ -23,7 +23,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 
-use atoll_core::binding::{owner_chain, parse_pool_list, resolve_binding, BindingInputs, BindingSource};
+use atoll_core::binding::{
+    owner_chain, parse_pool_list, resolve_binding, BindingInputs, BindingSource,
+};
 use atoll_core::error::describe_labels;
 use atoll_core::resource::{Dns, IPPool, Namespace, Node, Route, StringMap, Subnet, Workload};
 use atoll_core::{AllocError, Catalog, Engine, Family, Request};
@@ -86,7 +88,9 @@ pub enum AgentError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// Too many lost races in a row.
-    #[error("container {attachment}: lost {races} races for addresses to other writers; try again")]
+    #[error(
+        "container {attachment}: lost {races} races for addresses to other writers; try again"
+    )]
     Contended {
         /// The attachment.
         attachment: String,
@@ -116,15 +120,20 @@ impl AgentError {
     pub fn code(&self) -> u32 {
         use atoll_cni::codes::*;
         match self {
-            AgentError::Alloc(AllocError::NoPoolMatches { .. }) | AgentError::Alloc(AllocError::NoPools { .. }) => {
-                NO_POOL_MATCHES
-            }
+            AgentError::Alloc(AllocError::NoPoolMatches { .. })
+            | AgentError::Alloc(AllocError::NoPools { .. }) => NO_POOL_MATCHES,
             AgentError::Alloc(AllocError::Exhausted { .. }) => EXHAUSTED,
-            AgentError::Alloc(AllocError::UnknownPool { .. }) | AgentError::Binding(_) => UNKNOWN_POOL,
+            AgentError::Alloc(AllocError::UnknownPool { .. }) | AgentError::Binding(_) => {
+                UNKNOWN_POOL
+            }
             AgentError::Alloc(AllocError::UnknownNode { .. }) => UNKNOWN_NODE,
-            AgentError::Store(StoreError::Unavailable { .. }) | AgentError::Contended { .. } => TRY_AGAIN_LATER,
+            AgentError::Store(StoreError::Unavailable { .. }) | AgentError::Contended { .. } => {
+                TRY_AGAIN_LATER
+            }
             AgentError::Mismatch { .. } => ADDRESS_MISMATCH,
-            AgentError::Store(_) | AgentError::InvalidResources(_) | AgentError::Several(_) => INTERNAL,
+            AgentError::Store(_) | AgentError::InvalidResources(_) | AgentError::Several(_) => {
+                INTERNAL
+            }
         }
     }
 }
@@ -143,11 +152,18 @@ pub struct Service {
 
 impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Service").field("node", &self.node).field("store", &self.store.describe()).finish()
+        f.debug_struct("Service")
+            .field("node", &self.node)
+            .field("store", &self.store.describe())
+            .finish()
     }
 }
 
-fn decode<T: serde::de::DeserializeOwned>(kind: Kind, key: &str, value: serde_json::Value) -> Result<T, StoreError> {
+fn decode<T: serde::de::DeserializeOwned>(
+    kind: Kind,
+    key: &str,
+    value: serde_json::Value,
+) -> Result<T, StoreError> {
     serde_json::from_value(value).map_err(|e| StoreError::Corrupt {
         key: format!("{kind}/{key}"),
         reason: e.to_string(),
@@ -160,7 +176,11 @@ impl Service {
     ///
     /// # Errors
     /// The store's.
-    pub async fn start(store: SharedStore, node: &str, labels: Option<StringMap>) -> Result<Service, AgentError> {
+    pub async fn start(
+        store: SharedStore,
+        node: &str,
+        labels: Option<StringMap>,
+    ) -> Result<Service, AgentError> {
         let stored = store.get(Kind::Node, node).await?;
         let mut n: Node = match stored {
             Some(o) => decode(Kind::Node, node, o.value)?,
@@ -215,7 +235,8 @@ impl Service {
         for o in self.store.list(Kind::IPPool).await? {
             pools.push(decode::<IPPool>(Kind::IPPool, &o.key, o.value)?);
         }
-        let catalog = Catalog::build(subnets, pools).map_err(|e| AgentError::InvalidResources(e.to_string()))?;
+        let catalog = Catalog::build(subnets, pools)
+            .map_err(|e| AgentError::InvalidResources(e.to_string()))?;
         let mut nodes = Vec::new();
         for o in self.store.list(Kind::Node).await? {
             nodes.push(decode::<Node>(Kind::Node, &o.key, o.value)?);
@@ -243,7 +264,10 @@ impl Service {
     }
 
     /// Finds the pools of the application behind a request, and the application's name.
-    async fn binding(&self, req: &AddRequest) -> Result<(String, Vec<String>, BindingSource), AgentError> {
+    async fn binding(
+        &self,
+        req: &AddRequest,
+    ) -> Result<(String, Vec<String>, BindingSource), AgentError> {
         let args = &req.args;
         let pod_ns = args.get("K8S_POD_NAMESPACE").cloned();
         let pod_name = args.get("K8S_POD_NAME").cloned();
@@ -253,7 +277,9 @@ impl Service {
             let (ns, name) = app
                 .split_once('/')
                 .filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
-                .ok_or_else(|| AgentError::Binding(format!("ATOLL_APP={app:?}: expected <namespace>/<name>")))?;
+                .ok_or_else(|| {
+                    AgentError::Binding(format!("ATOLL_APP={app:?}: expected <namespace>/<name>"))
+                })?;
             let found = self.find_workload(ns, name).await?;
             if found.is_none() {
                 return Err(AgentError::Binding(format!(
@@ -262,20 +288,29 @@ impl Service {
             }
             (app.clone(), found)
         } else if let (Some(ns), Some(name)) = (&pod_ns, &pod_name) {
-            let pod = self.store.get(Kind::Workload, &workload_key(ns, "Pod", name)).await?;
+            let pod = self
+                .store
+                .get(Kind::Workload, &workload_key(ns, "Pod", name))
+                .await?;
             let pod = match pod {
                 Some(o) => Some(decode::<Workload>(Kind::Workload, &o.key, o.value)?),
                 None => None,
             };
             (format!("{ns}/{name}"), pod)
         } else {
-            (format!("{}/{}", req.network, req.attachment.container_id), None)
+            (
+                format!("{}/{}", req.network, req.attachment.container_id),
+                None,
+            )
         };
 
         // Explicit pools in CNI_ARGS come first: the runtime's caller chose them.
         if let Some(list) = args.get("ATOLL_POOLS") {
-            let pools = parse_pool_list(list)
-                .map_err(|()| AgentError::Binding(format!("ATOLL_POOLS={list:?} is not a comma-separated list of pool names")))?;
+            let pools = parse_pool_list(list).ok_or_else(|| {
+                AgentError::Binding(format!(
+                    "ATOLL_POOLS={list:?} is not a comma-separated list of pool names"
+                ))
+            })?;
             return Ok((app, pools, BindingSource::Pod));
         }
 
@@ -292,7 +327,10 @@ impl Service {
             if w.kind == "Pod" {
                 annotations.extend(w.metadata.annotations.clone());
             } else {
-                owners.push((format!("{}/{}", w.kind, w.key()), w.metadata.annotations.clone()));
+                owners.push((
+                    format!("{}/{}", w.kind, w.key()),
+                    w.metadata.annotations.clone(),
+                ));
             }
             pod_annotations = Some(annotations);
             let all = self.store.list(Kind::Workload).await?;
@@ -302,10 +340,17 @@ impl Service {
                 .collect();
             for o in owner_chain(w, |ns, kind, name| {
                 all.iter()
-                    .find(|x| x.kind == kind && x.metadata.name == name && x.metadata.namespace.as_deref().unwrap_or("default") == ns)
+                    .find(|x| {
+                        x.kind == kind
+                            && x.metadata.name == name
+                            && x.metadata.namespace.as_deref().unwrap_or("default") == ns
+                    })
                     .cloned()
             }) {
-                owners.push((format!("{}/{}", o.kind, o.key()), o.metadata.annotations.clone()));
+                owners.push((
+                    format!("{}/{}", o.kind, o.key()),
+                    o.metadata.annotations.clone(),
+                ));
             }
         }
         let namespace = match &namespace_name {
@@ -319,7 +364,9 @@ impl Service {
         let binding = resolve_binding(&BindingInputs {
             pod_annotations: pod_annotations.as_ref(),
             owners: &owners,
-            namespace: namespace.as_ref().map(|n| (n.metadata.name.as_str(), &n.metadata.annotations)),
+            namespace: namespace
+                .as_ref()
+                .map(|n| (n.metadata.name.as_str(), &n.metadata.annotations)),
             cni_pools: &req.cni_pools,
             default_pools: &defaults,
         })
@@ -329,8 +376,20 @@ impl Service {
 
     async fn find_workload(&self, ns: &str, name: &str) -> Result<Option<Workload>, AgentError> {
         // Prefer controllers over pods of the same name.
-        for kind in ["Deployment", "StatefulSet", "DaemonSet", "CronJob", "Job", "ReplicaSet", "Pod"] {
-            if let Some(o) = self.store.get(Kind::Workload, &workload_key(ns, kind, name)).await? {
+        for kind in [
+            "Deployment",
+            "StatefulSet",
+            "DaemonSet",
+            "CronJob",
+            "Job",
+            "ReplicaSet",
+            "Pod",
+        ] {
+            if let Some(o) = self
+                .store
+                .get(Kind::Workload, &workload_key(ns, kind, name))
+                .await?
+            {
                 return Ok(Some(decode(Kind::Workload, &o.key, o.value)?));
             }
         }
@@ -424,7 +483,13 @@ impl Service {
         Ok(self.result_of(&state.engine, &claimed))
     }
 
-    async fn claim_one(&self, req: &AddRequest, app: &str, pools: &[usize], family: Family) -> Result<Claim, AgentError> {
+    async fn claim_one(
+        &self,
+        req: &AddRequest,
+        app: &str,
+        pools: &[usize],
+        family: Family,
+    ) -> Result<Claim, AgentError> {
         let mut reloaded = false;
         for races in 0..=MAX_LOST_RACES {
             let chosen = {
@@ -437,7 +502,11 @@ impl Service {
                 });
                 r.map(|a| {
                     let cat = state.engine.catalog();
-                    (a, cat.pools()[a.pool].name.clone(), cat.subnets()[a.subnet].name.clone())
+                    (
+                        a,
+                        cat.pools()[a.pool].name.clone(),
+                        cat.subnets()[a.subnet].name.clone(),
+                    )
                 })
             };
             let (a, pool, subnet) = match chosen {
@@ -484,7 +553,9 @@ impl Service {
                 Ok(_) => {
                     self.state.lock().await.engine.release(c.ip);
                 }
-                Err(e) => warn!(ip = %c.ip, container = %c.attachment, error = %e, "undo of a partial ADD failed; `atoll gc` will reclaim it"),
+                Err(e) => {
+                    warn!(ip = %c.ip, container = %c.attachment, error = %e, "undo of a partial ADD failed; `atoll gc` will reclaim it")
+                }
             }
         }
     }
@@ -518,8 +589,18 @@ impl Service {
     ///
     /// # Errors
     /// [`AgentError::Mismatch`].
-    pub async fn check(&self, attachment: &Attachment, expected: &[IpAddr]) -> Result<(), AgentError> {
-        let held: BTreeSet<IpAddr> = self.store.claims_of(attachment).await?.into_iter().map(|c| c.ip).collect();
+    pub async fn check(
+        &self,
+        attachment: &Attachment,
+        expected: &[IpAddr],
+    ) -> Result<(), AgentError> {
+        let held: BTreeSet<IpAddr> = self
+            .store
+            .claims_of(attachment)
+            .await?
+            .into_iter()
+            .map(|c| c.ip)
+            .collect();
         let want: BTreeSet<IpAddr> = expected.iter().copied().collect();
         if held.is_empty() || held != want {
             return Err(AgentError::Mismatch {

@@ -55,9 +55,10 @@ spec:
 
 async fn world() -> (tempfile::TempDir, SharedStore) {
     let dir = tempfile::tempdir().unwrap();
-    let store = atoll_store::open_embedded(&format!("embedded:{}", dir.path().join("s.db").display()))
-        .await
-        .unwrap();
+    let store =
+        atoll_store::open_embedded(&format!("embedded:{}", dir.path().join("s.db").display()))
+            .await
+            .unwrap();
     let mut changes = vec![];
     for m in parse_manifests(WORLD).unwrap() {
         match m {
@@ -72,11 +73,21 @@ async fn world() -> (tempfile::TempDir, SharedStore) {
                 value: serde_json::to_value(&p).unwrap(),
             }),
             Manifest::Namespace(n) => {
-                store.put(Kind::Namespace, &n.metadata.name, &serde_json::to_value(&n).unwrap()).await.unwrap();
+                store
+                    .put(
+                        Kind::Namespace,
+                        &n.metadata.name,
+                        &serde_json::to_value(&n).unwrap(),
+                    )
+                    .await
+                    .unwrap();
             }
             Manifest::Workload(w) => {
                 let key = workload_key("shop", &w.kind, &w.metadata.name);
-                store.put(Kind::Workload, &key, &serde_json::to_value(&w).unwrap()).await.unwrap();
+                store
+                    .put(Kind::Workload, &key, &serde_json::to_value(&w).unwrap())
+                    .await
+                    .unwrap();
             }
             _ => {}
         }
@@ -87,7 +98,11 @@ async fn world() -> (tempfile::TempDir, SharedStore) {
 }
 
 fn labels(zone: &str) -> Option<BTreeMap<String, String>> {
-    Some([("zone".to_string(), zone.to_string())].into_iter().collect())
+    Some(
+        [("zone".to_string(), zone.to_string())]
+            .into_iter()
+            .collect(),
+    )
 }
 
 fn req(container: &str, args: &[(&str, &str)]) -> AddRequest {
@@ -98,58 +113,102 @@ fn req(container: &str, args: &[(&str, &str)]) -> AddRequest {
         },
         network: "net".into(),
         cni_pools: vec![],
-        args: args.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        args: args
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
     }
 }
 
 #[tokio::test]
 async fn add_follows_binding_precedence_and_is_idempotent() {
     let (_dir, store) = world().await;
-    let n1 = Service::start(store.clone(), "n1", labels("z1")).await.unwrap();
-    let n2 = Service::start(store.clone(), "n2", labels("z2")).await.unwrap();
+    let n1 = Service::start(store.clone(), "n1", labels("z1"))
+        .await
+        .unwrap();
+    let n2 = Service::start(store.clone(), "n2", labels("z2"))
+        .await
+        .unwrap();
 
     // ATOLL_APP -> the Deployment's template annotation "pa,pb": n1 gets pa (+ nothing v6), n2 gets pb.
-    let r1 = n1.add(&req("c1", &[("ATOLL_APP", "shop/web")])).await.unwrap();
+    let r1 = n1
+        .add(&req("c1", &[("ATOLL_APP", "shop/web")]))
+        .await
+        .unwrap();
     assert_eq!(r1.ips.len(), 1);
     assert_eq!(r1.ips[0].subnet, "a");
     assert_eq!(r1.ips[0].prefix_len, 24);
     assert_eq!(r1.ips[0].gateway.unwrap().to_string(), "10.71.0.1");
     assert_eq!(r1.dns.as_ref().unwrap().nameservers, ["10.71.0.53"]);
-    let r2 = n2.add(&req("c2", &[("ATOLL_APP", "shop/web")])).await.unwrap();
+    let r2 = n2
+        .add(&req("c2", &[("ATOLL_APP", "shop/web")]))
+        .await
+        .unwrap();
     assert_eq!(r2.ips[0].subnet, "b");
 
     // Same attachment again: same address.
-    let again = n1.add(&req("c1", &[("ATOLL_APP", "shop/web")])).await.unwrap();
+    let again = n1
+        .add(&req("c1", &[("ATOLL_APP", "shop/web")]))
+        .await
+        .unwrap();
     assert_eq!(again.ips, r1.ips);
 
     // Explicit pools: dual stack on z1.
-    let ds = n1.add(&req("c3", &[("ATOLL_POOLS", "pa,pa6")])).await.unwrap();
+    let ds = n1
+        .add(&req("c3", &[("ATOLL_POOLS", "pa,pa6")]))
+        .await
+        .unwrap();
     let fams: Vec<bool> = ds.ips.iter().map(|i| i.address.is_ipv6()).collect();
     assert_eq!(fams, [false, true]);
     assert_eq!(ds.ips[1].prefix_len, 64);
 
     // A pod in namespace shop without its own binding: the namespace's "pb" serves n2.
-    let ns = n2.add(&req("c4", &[("K8S_POD_NAMESPACE", "shop"), ("K8S_POD_NAME", "p")])).await.unwrap();
+    let ns = n2
+        .add(&req(
+            "c4",
+            &[("K8S_POD_NAMESPACE", "shop"), ("K8S_POD_NAME", "p")],
+        ))
+        .await
+        .unwrap();
     assert_eq!(ns.ips[0].pool, "pb");
 
     // Nothing at all: default pools; pb does not serve z1.
     let err = n1.add(&req("c5", &[])).await.unwrap_err();
     assert_eq!(err.code(), atoll_cni::codes::NO_POOL_MATCHES);
-    assert!(err.to_string().contains("pb: affinity did not match"), "{err}");
-    assert!(store.claims_of(&req("c5", &[]).attachment).await.unwrap().is_empty());
+    assert!(
+        err.to_string().contains("pb: affinity did not match"),
+        "{err}"
+    );
+    assert!(store
+        .claims_of(&req("c5", &[]).attachment)
+        .await
+        .unwrap()
+        .is_empty());
 
     // Unknown pool and unknown app.
-    let err = n1.add(&req("c6", &[("ATOLL_POOLS", "nope")])).await.unwrap_err();
+    let err = n1
+        .add(&req("c6", &[("ATOLL_POOLS", "nope")]))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), atoll_cni::codes::UNKNOWN_POOL);
-    let err = n1.add(&req("c7", &[("ATOLL_APP", "shop/absent")])).await.unwrap_err();
+    let err = n1
+        .add(&req("c7", &[("ATOLL_APP", "shop/absent")]))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), atoll_cni::codes::UNKNOWN_POOL);
-    assert!(err.to_string().contains("no workload absent in namespace shop"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("no workload absent in namespace shop"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn del_check_gc() {
     let (_dir, store) = world().await;
-    let n1 = Service::start(store.clone(), "n1", labels("z1")).await.unwrap();
+    let n1 = Service::start(store.clone(), "n1", labels("z1"))
+        .await
+        .unwrap();
     let a = n1.add(&req("c1", &[("ATOLL_POOLS", "pa")])).await.unwrap();
     let b = n1.add(&req("c2", &[("ATOLL_POOLS", "pa")])).await.unwrap();
     let att = |c: &str| Attachment {
@@ -171,26 +230,50 @@ async fn del_check_gc() {
     assert_ne!(c.ips[0].address, a.ips[0].address);
 
     let released = n1.gc(&[att("c3")]).await.unwrap();
-    let gone: Vec<String> = released.iter().map(|c| c.attachment.container_id.clone()).collect();
+    let gone: Vec<String> = released
+        .iter()
+        .map(|c| c.attachment.container_id.clone())
+        .collect();
     assert_eq!(gone, ["c2"]);
-    let left: Vec<String> = store.list_claims(None).await.unwrap().into_iter().map(|c| c.attachment.container_id).collect();
+    let left: Vec<String> = store
+        .list_claims(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.attachment.container_id)
+        .collect();
     assert_eq!(left, ["c3"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_agents_on_one_pool_never_share_an_address() {
     let (_dir, store) = world().await;
-    let a = Arc::new(Service::start(store.clone(), "n1", labels("z1")).await.unwrap());
-    let b = Arc::new(Service::start(store.clone(), "n1b", labels("z1")).await.unwrap());
+    let a = Arc::new(
+        Service::start(store.clone(), "n1", labels("z1"))
+            .await
+            .unwrap(),
+    );
+    let b = Arc::new(
+        Service::start(store.clone(), "n1b", labels("z1"))
+            .await
+            .unwrap(),
+    );
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..200 {
         let s = if i % 2 == 0 { a.clone() } else { b.clone() };
-        tasks.spawn(async move { s.add(&req(&format!("c{i}"), &[("ATOLL_POOLS", "pa")])).await });
+        tasks.spawn(async move {
+            s.add(&req(&format!("c{i}"), &[("ATOLL_POOLS", "pa")]))
+                .await
+        });
     }
     let mut seen = BTreeSet::new();
     while let Some(r) = tasks.join_next().await {
         let r = r.unwrap().unwrap();
-        assert!(seen.insert(r.ips[0].address), "{} handed out twice", r.ips[0].address);
+        assert!(
+            seen.insert(r.ips[0].address),
+            "{} handed out twice",
+            r.ips[0].address
+        );
     }
     assert_eq!(seen.len(), 200);
     assert_eq!(store.list_claims(None).await.unwrap().len(), 200);
@@ -199,13 +282,18 @@ async fn two_agents_on_one_pool_never_share_an_address() {
 #[tokio::test]
 async fn applied_edits_reach_a_running_agent() {
     let (_dir, store) = world().await;
-    let n1 = Service::start(store.clone(), "n1", labels("z1")).await.unwrap();
+    let n1 = Service::start(store.clone(), "n1", labels("z1"))
+        .await
+        .unwrap();
     assert!(n1.add(&req("c1", &[("ATOLL_POOLS", "pb")])).await.is_err());
 
     // Bind pb to z1 as well.
     let mut pb: atoll_core::resource::IPPool =
-        serde_json::from_value(store.get(Kind::IPPool, "pb").await.unwrap().unwrap().value).unwrap();
-    pb.spec.node_affinity.as_mut().unwrap().node_selector_terms[0].match_labels.insert("zone".into(), "z1".into());
+        serde_json::from_value(store.get(Kind::IPPool, "pb").await.unwrap().unwrap().value)
+            .unwrap();
+    pb.spec.node_affinity.as_mut().unwrap().node_selector_terms[0]
+        .match_labels
+        .insert("zone".into(), "z1".into());
     let generation = store.generation().await.unwrap();
     store
         .apply(

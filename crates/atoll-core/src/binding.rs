@@ -83,22 +83,20 @@ pub struct BindingError {
     pub value: String,
 }
 
-/// Splits `a,b , c` into names. Duplicates keep their first place.
-///
-/// # Errors
-/// An empty list or an empty entry (`a,,b`).
-pub fn parse_pool_list(value: &str) -> Result<Vec<String>, ()> {
+/// Splits `a,b , c` into names. Duplicates keep their first place. None
+/// for an empty list or an empty entry (`a,,b`).
+pub fn parse_pool_list(value: &str) -> Option<Vec<String>> {
     let mut out: Vec<String> = Vec::new();
     for part in value.split(',') {
         let name = part.trim();
         if name.is_empty() {
-            return Err(());
+            return None;
         }
         if !out.iter().any(|n| n == name) {
             out.push(name.to_string());
         }
     }
-    Ok(out)
+    Some(out)
 }
 
 /// Picks the binding by SPEC precedence. An empty result (no source, no
@@ -112,8 +110,8 @@ pub fn resolve_binding(inputs: &BindingInputs<'_>) -> Result<Binding, BindingErr
         |annotations: &StringMap, source: BindingSource| -> Option<Result<Binding, BindingError>> {
             let value = annotations.get(POOLS_ANNOTATION)?;
             Some(match parse_pool_list(value) {
-                Ok(pools) => Ok(Binding { pools, source }),
-                Err(()) => Err(BindingError {
+                Some(pools) => Ok(Binding { pools, source }),
+                None => Err(BindingError {
                     source_: source,
                     value: value.clone(),
                 }),
@@ -270,9 +268,9 @@ mod tests {
         );
         assert_eq!(
             parse_pool_list(" a , b,a"),
-            Ok(vec!["a".to_string(), "b".to_string()])
+            Some(vec!["a".to_string(), "b".to_string()])
         );
-        assert_eq!(parse_pool_list(""), Err(()));
+        assert_eq!(parse_pool_list(""), None);
     }
 
     #[test]

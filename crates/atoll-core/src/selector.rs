@@ -143,31 +143,32 @@ impl Affinity {
                     check_value(v).map_err(|r| err(format!("{at}.values[{j}]"), r))?;
                 }
                 let values: BTreeSet<String> = req.values.iter().cloned().collect();
-                let op =
-                    match req.operator.as_str() {
-                        "In" | "NotIn" if values.is_empty() => {
-                            return Err(err(
-                                format!("{at}.values"),
-                                format!("operator {} needs at least one value", req.operator),
-                            ))
-                        }
-                        "Exists" | "DoesNotExist" if !values.is_empty() => {
-                            return Err(err(
-                                format!("{at}.values"),
-                                format!("operator {} takes no values", req.operator),
-                            ))
-                        }
-                        "In" => Op::In(values),
-                        "NotIn" => Op::NotIn(values),
-                        "Exists" => Op::Exists,
-                        "DoesNotExist" => Op::DoesNotExist,
-                        other => return Err(err(
+                let op = match req.operator.as_str() {
+                    "In" | "NotIn" if values.is_empty() => {
+                        return Err(err(
+                            format!("{at}.values"),
+                            format!("operator {} needs at least one value", req.operator),
+                        ))
+                    }
+                    "Exists" | "DoesNotExist" if !values.is_empty() => {
+                        return Err(err(
+                            format!("{at}.values"),
+                            format!("operator {} takes no values", req.operator),
+                        ))
+                    }
+                    "In" => Op::In(values),
+                    "NotIn" => Op::NotIn(values),
+                    "Exists" => Op::Exists,
+                    "DoesNotExist" => Op::DoesNotExist,
+                    other => {
+                        return Err(err(
                             format!("{at}.operator"),
                             format!(
                                 "unknown operator {other:?}; use In, NotIn, Exists or DoesNotExist"
                             ),
-                        )),
-                    };
+                        ))
+                    }
+                };
                 requirements.push((req.key.clone(), op));
             }
             terms.push(Term { requirements });

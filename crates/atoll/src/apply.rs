@@ -31,7 +31,9 @@ pub fn read_manifests(path: &Path) -> anyhow::Result<Vec<Manifest>> {
         return parse_manifests(&text).context("stdin");
     }
     if path.is_dir() {
-        for entry in std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))? {
+        for entry in
+            std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))?
+        {
             let p = entry?.path();
             let ext = p.extension().and_then(|e| e.to_str()).unwrap_or_default();
             if matches!(ext, "yaml" | "yml" | "json") {
@@ -44,7 +46,8 @@ pub fn read_manifests(path: &Path) -> anyhow::Result<Vec<Manifest>> {
     }
     let mut out = Vec::new();
     for f in files {
-        let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        let text =
+            std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
         out.extend(parse_manifests(&text).with_context(|| f.display().to_string())?);
     }
     Ok(out)
@@ -57,11 +60,15 @@ pub fn read_manifests(path: &Path) -> anyhow::Result<Vec<Manifest>> {
 pub async fn load_resources(store: &SharedStore) -> anyhow::Result<(Vec<Subnet>, Vec<IPPool>)> {
     let mut subnets = Vec::new();
     for o in store.list(Kind::Subnet).await? {
-        subnets.push(serde_json::from_value(o.value).with_context(|| format!("stored subnet {}", o.key))?);
+        subnets.push(
+            serde_json::from_value(o.value).with_context(|| format!("stored subnet {}", o.key))?,
+        );
     }
     let mut pools = Vec::new();
     for o in store.list(Kind::IPPool).await? {
-        pools.push(serde_json::from_value(o.value).with_context(|| format!("stored pool {}", o.key))?);
+        pools.push(
+            serde_json::from_value(o.value).with_context(|| format!("stored pool {}", o.key))?,
+        );
     }
     Ok((subnets, pools))
 }
@@ -73,7 +80,9 @@ pub async fn load_resources(store: &SharedStore) -> anyhow::Result<(Vec<Subnet>,
 pub async fn load_nodes(store: &SharedStore) -> anyhow::Result<Vec<Node>> {
     let mut nodes = Vec::new();
     for o in store.list(Kind::Node).await? {
-        nodes.push(serde_json::from_value(o.value).with_context(|| format!("stored node {}", o.key))?);
+        nodes.push(
+            serde_json::from_value(o.value).with_context(|| format!("stored node {}", o.key))?,
+        );
     }
     Ok(nodes)
 }
@@ -91,7 +100,10 @@ pub async fn apply_path(store: &SharedStore, path: &Path) -> anyhow::Result<Stri
 ///
 /// # Errors
 /// Invalid resources, or the store's.
-pub async fn apply_manifests(store: &SharedStore, manifests: Vec<Manifest>) -> anyhow::Result<String> {
+pub async fn apply_manifests(
+    store: &SharedStore,
+    manifests: Vec<Manifest>,
+) -> anyhow::Result<String> {
     let mut out = String::new();
     let mut subnets_in = Vec::new();
     let mut pools_in = Vec::new();
@@ -102,24 +114,42 @@ pub async fn apply_manifests(store: &SharedStore, manifests: Vec<Manifest>) -> a
             Manifest::Node(n) => {
                 let key = n.metadata.name.clone();
                 anyhow::ensure!(!key.is_empty(), "Node without metadata.name");
-                store.put(Kind::Node, &key, &serde_json::to_value(&n)?).await?;
+                store
+                    .put(Kind::Node, &key, &serde_json::to_value(&n)?)
+                    .await?;
                 writeln!(out, "node/{key} configured")?;
             }
             Manifest::Namespace(n) => {
                 let key = n.metadata.name.clone();
                 anyhow::ensure!(!key.is_empty(), "Namespace without metadata.name");
-                store.put(Kind::Namespace, &key, &serde_json::to_value(&n)?).await?;
+                store
+                    .put(Kind::Namespace, &key, &serde_json::to_value(&n)?)
+                    .await?;
                 writeln!(out, "namespace/{key} configured")?;
             }
             Manifest::Workload(mut w) => {
-                anyhow::ensure!(!w.metadata.name.is_empty(), "{} without metadata.name", w.kind);
-                let ns = w.metadata.namespace.get_or_insert_with(|| "default".into()).clone();
+                anyhow::ensure!(
+                    !w.metadata.name.is_empty(),
+                    "{} without metadata.name",
+                    w.kind
+                );
+                let ns = w
+                    .metadata
+                    .namespace
+                    .get_or_insert_with(|| "default".into())
+                    .clone();
                 let key = workload_key(&ns, &w.kind, &w.metadata.name);
-                store.put(Kind::Workload, &key, &serde_json::to_value(&w)?).await?;
+                store
+                    .put(Kind::Workload, &key, &serde_json::to_value(&w)?)
+                    .await?;
                 writeln!(out, "{}/{} configured", w.kind.to_lowercase(), w.key())?;
             }
             Manifest::Other { kind, name, .. } => {
-                writeln!(out, "{}/{name} skipped: atoll does not use this kind", kind.to_lowercase())?;
+                writeln!(
+                    out,
+                    "{}/{name} skipped: atoll does not use this kind",
+                    kind.to_lowercase()
+                )?;
             }
         }
     }
@@ -132,10 +162,14 @@ pub async fn apply_manifests(store: &SharedStore, manifests: Vec<Manifest>) -> a
         let (stored_subnets, stored_pools) = load_resources(store).await?;
         let before = Catalog::build(stored_subnets.clone(), stored_pools.clone()).ok();
 
-        let mut subnets: BTreeMap<String, Subnet> =
-            stored_subnets.into_iter().map(|s| (s.metadata.name.clone(), s)).collect();
-        let mut pools: BTreeMap<String, IPPool> =
-            stored_pools.into_iter().map(|p| (p.metadata.name.clone(), p)).collect();
+        let mut subnets: BTreeMap<String, Subnet> = stored_subnets
+            .into_iter()
+            .map(|s| (s.metadata.name.clone(), s))
+            .collect();
+        let mut pools: BTreeMap<String, IPPool> = stored_pools
+            .into_iter()
+            .map(|p| (p.metadata.name.clone(), p))
+            .collect();
         let mut changes = Vec::new();
         let mut lines = Vec::new();
         for s in &subnets_in {
@@ -143,7 +177,9 @@ pub async fn apply_manifests(store: &SharedStore, manifests: Vec<Manifest>) -> a
             let mut s = s.clone();
             s.status = None;
             let verb = match subnets.get(&name) {
-                Some(old) if old.spec == s.spec && old.metadata.labels == s.metadata.labels => "unchanged",
+                Some(old) if old.spec == s.spec && old.metadata.labels == s.metadata.labels => {
+                    "unchanged"
+                }
                 Some(_) => "configured",
                 None => "created",
             };
@@ -162,7 +198,9 @@ pub async fn apply_manifests(store: &SharedStore, manifests: Vec<Manifest>) -> a
             let mut p = p.clone();
             p.status = None;
             let verb = match pools.get(&name) {
-                Some(old) if old.spec == p.spec && old.metadata.labels == p.metadata.labels => "unchanged",
+                Some(old) if old.spec == p.spec && old.metadata.labels == p.metadata.labels => {
+                    "unchanged"
+                }
                 Some(_) => "configured",
                 None => "created",
             };
@@ -177,8 +215,11 @@ pub async fn apply_manifests(store: &SharedStore, manifests: Vec<Manifest>) -> a
             pools.insert(name, p);
         }
 
-        let after = Catalog::build(subnets.into_values().collect(), pools.into_values().collect())
-            .map_err(|e| anyhow::anyhow!("refused, nothing written: {e}"))?;
+        let after = Catalog::build(
+            subnets.into_values().collect(),
+            pools.into_values().collect(),
+        )
+        .map_err(|e| anyhow::anyhow!("refused, nothing written: {e}"))?;
         if !changes.is_empty() {
             match store.apply(&changes, generation).await {
                 Ok(_) => {}
@@ -197,7 +238,11 @@ pub async fn apply_manifests(store: &SharedStore, manifests: Vec<Manifest>) -> a
     anyhow::bail!("another apply kept changing the resources; nothing written, try again")
 }
 
-async fn drift_report(store: &SharedStore, before: &Catalog, after: &Catalog) -> anyhow::Result<String> {
+async fn drift_report(
+    store: &SharedStore,
+    before: &Catalog,
+    after: &Catalog,
+) -> anyhow::Result<String> {
     let nodes = load_nodes(store).await?;
     let claims = store.list_claims(None).await?;
     let holders: Vec<String> = claims.iter().map(|c| c.attachment.to_string()).collect();

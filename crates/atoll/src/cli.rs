@@ -18,10 +18,20 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
     /// `embedded:<path>` (SQLite) or `etcd:<endpoint>[,<endpoint>...]`.
-    #[arg(long, env = "ATOLL_STORE", default_value = "embedded:/var/lib/atoll/atoll.db", global = true)]
+    #[arg(
+        long,
+        env = "ATOLL_STORE",
+        default_value = "embedded:/var/lib/atoll/atoll.db",
+        global = true
+    )]
     pub store: String,
     /// Key prefix in etcd.
-    #[arg(long, env = "ATOLL_ETCD_PREFIX", default_value = "/atoll/", global = true)]
+    #[arg(
+        long,
+        env = "ATOLL_ETCD_PREFIX",
+        default_value = "/atoll/",
+        global = true
+    )]
     pub etcd_prefix: String,
     /// CA certificate for etcd over TLS.
     #[arg(long, env = "ATOLL_ETCD_CA", global = true)]
@@ -36,7 +46,12 @@ pub struct StoreArgs {
     #[arg(long, env = "ATOLL_ETCD_USER", global = true)]
     pub etcd_user: Option<String>,
     /// etcd password (prefer the environment variable).
-    #[arg(long, env = "ATOLL_ETCD_PASSWORD", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "ATOLL_ETCD_PASSWORD",
+        global = true,
+        hide_env_values = true
+    )]
     pub etcd_password: Option<String>,
 }
 

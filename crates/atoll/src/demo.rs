@@ -55,7 +55,12 @@ struct Pod {
 fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe().context("locating the atoll binary")?;
     let p = me.with_file_name(name);
-    anyhow::ensure!(p.exists(), "{} not found beside {}; build it with `cargo build --release --bins`", name, me.display());
+    anyhow::ensure!(
+        p.exists(),
+        "{} not found beside {}; build it with `cargo build --release --bins`",
+        name,
+        me.display()
+    );
     Ok(p)
 }
 
@@ -74,7 +79,13 @@ fn wait_for_socket(path: &Path, agent: &mut Child) -> anyhow::Result<()> {
 }
 
 /// Calls the plugin as a runtime does. Returns its stdout as JSON.
-fn cni(plugin: &Path, command: &str, pod: &str, socket: &Path, extra_args: &str) -> anyhow::Result<serde_json::Value> {
+fn cni(
+    plugin: &Path,
+    command: &str,
+    pod: &str,
+    socket: &Path,
+    extra_args: &str,
+) -> anyhow::Result<serde_json::Value> {
     let config = serde_json::json!({
         "cniVersion": "1.0.0",
         "name": "demo",
@@ -88,7 +99,10 @@ fn cni(plugin: &Path, command: &str, pod: &str, socket: &Path, extra_args: &str)
         .env("CNI_NETNS", format!("/var/run/netns/{pod}"))
         .env("CNI_IFNAME", "eth0")
         .env("CNI_PATH", plugin.parent().unwrap_or(Path::new("/")))
-        .env("CNI_ARGS", format!("IgnoreUnknown=1;ATOLL_APP=shop/web{extra_args}"))
+        .env(
+            "CNI_ARGS",
+            format!("IgnoreUnknown=1;ATOLL_APP=shop/web{extra_args}"),
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -114,8 +128,16 @@ fn cni(plugin: &Path, command: &str, pod: &str, socket: &Path, extra_args: &str)
     serde_json::from_str(&text).with_context(|| format!("{command} {pod}: not JSON: {text}"))
 }
 
-async fn placement(store: &SharedStore, pods: &[Pod], zones: &BTreeMap<String, String>) -> anyhow::Result<String> {
-    let mut rows = vec![["POD", "NODE", "ZONE", "POOL", "SUBNET", "ADDRESS", "BORROWED"].map(String::from).to_vec()];
+async fn placement(
+    store: &SharedStore,
+    pods: &[Pod],
+    zones: &BTreeMap<String, String>,
+) -> anyhow::Result<String> {
+    let mut rows = vec![[
+        "POD", "NODE", "ZONE", "POOL", "SUBNET", "ADDRESS", "BORROWED",
+    ]
+    .map(String::from)
+    .to_vec()];
     for p in pods {
         let claims = store
             .claims_of(&Attachment {
@@ -131,7 +153,11 @@ async fn placement(store: &SharedStore, pods: &[Pod], zones: &BTreeMap<String, S
                 c.pool.clone(),
                 c.subnet.clone(),
                 c.ip.to_string(),
-                if c.borrowed { "yes".into() } else { String::new() },
+                if c.borrowed {
+                    "yes".into()
+                } else {
+                    String::new()
+                },
             ]);
         }
     }
@@ -142,7 +168,12 @@ async fn placement(store: &SharedStore, pods: &[Pod], zones: &BTreeMap<String, S
 pub fn table(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
-        .map(|i| rows.iter().map(|r| r.get(i).map_or(0, |c| c.chars().count())).max().unwrap_or(0))
+        .map(|i| {
+            rows.iter()
+                .map(|r| r.get(i).map_or(0, |c| c.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for r in rows {
@@ -171,18 +202,33 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new().prefix("atoll-demo-").tempdir()?;
     let db = dir.path().join("atoll.db");
     let store_addr = format!("embedded:{}", db.display());
-    println!("== atoll quick start in {} (store {store_addr})\n", dir.path().display());
+    println!(
+        "== atoll quick start in {} (store {store_addr})\n",
+        dir.path().display()
+    );
 
     let store = atoll_store::open_embedded(&store_addr).await?;
     println!("$ atoll apply -f {}", args.examples.display());
-    print!("{}", crate::apply::apply_path(&store, &args.examples).await?);
+    print!(
+        "{}",
+        crate::apply::apply_path(&store, &args.examples).await?
+    );
 
     let nodes = crate::apply::load_nodes(&store).await?;
     let zones: BTreeMap<String, String> = nodes
         .iter()
-        .map(|n| (n.metadata.name.clone(), n.metadata.labels.get("zone").cloned().unwrap_or_default()))
+        .map(|n| {
+            (
+                n.metadata.name.clone(),
+                n.metadata.labels.get("zone").cloned().unwrap_or_default(),
+            )
+        })
         .collect();
-    anyhow::ensure!(!nodes.is_empty(), "{} holds no v1/Node", args.examples.display());
+    anyhow::ensure!(
+        !nodes.is_empty(),
+        "{} holds no v1/Node",
+        args.examples.display()
+    );
 
     // One agent per node, each on its own socket, all on one store file.
     let mut agents = Agents { children: vec![] };
@@ -191,9 +237,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         let name = &n.metadata.name;
         let socket = dir.path().join(format!("{name}.sock"));
         let child = Command::new(&me)
-            .args(["agent", "--node-name", name, "--store", &store_addr, "--socket"])
+            .args([
+                "agent",
+                "--node-name",
+                name,
+                "--store",
+                &store_addr,
+                "--socket",
+            ])
             .arg(&socket)
-            .env("ATOLL_LOG", std::env::var("ATOLL_LOG").unwrap_or_else(|_| "error".into()))
+            .env(
+                "ATOLL_LOG",
+                std::env::var("ATOLL_LOG").unwrap_or_else(|_| "error".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -237,7 +293,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     println!("\n== 3. fill zone3-web: when it is full it borrows free addresses of subnet-c");
     let first_new = pods.len();
-    let zone3: Vec<String> = node_names.iter().filter(|n| zones[*n] == "zone3").cloned().collect();
+    let zone3: Vec<String> = node_names
+        .iter()
+        .filter(|n| zones[*n] == "zone3")
+        .cloned()
+        .collect();
     let mut failure = None;
     for i in 0..16 {
         if let Err(e) = add(&mut pods, &zone3[i % zone3.len()]) {
@@ -256,7 +316,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     agents.stop();
     let left = store.list_claims(None).await?.len();
-    println!("{} replicas released, {left} addresses still held, agents stopped", pods.len());
+    println!(
+        "{} replicas released, {left} addresses still held, agents stopped",
+        pods.len()
+    );
     anyhow::ensure!(left == 0, "{left} addresses still held after DEL");
 
     if args.keep {

@@ -33,7 +33,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("ATOLL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -48,7 +51,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 print!("{report}");
                 Ok(())
             }
-            Command::Get { what, output, store } => {
+            Command::Get {
+                what,
+                output,
+                store,
+            } => {
                 let store = stores::open(&store).await?;
                 print!("{}", inspect::get(&store, what, output).await?);
                 Ok(())
@@ -63,7 +70,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 print!("{}", admin::delete(&store, kind, &name).await?);
                 Ok(())
             }
-            Command::Release { target, ifname, store } => {
+            Command::Release {
+                target,
+                ifname,
+                store,
+            } => {
                 let store = stores::open(&store).await?;
                 print!("{}", admin::release(&store, &target, &ifname).await?);
                 Ok(())
@@ -115,7 +126,13 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("starting the agent of node {}", args.node_name))?;
     tracing::info!(node = %args.node_name, socket = %args.socket.display(), "agent serving");
-    atoll_agent::serve(Arc::new(service), listener, args.socket.clone(), shutdown_signal()).await;
+    atoll_agent::serve(
+        Arc::new(service),
+        listener,
+        args.socket.clone(),
+        shutdown_signal(),
+    )
+    .await;
     Ok(())
 }
 

@@ -35,7 +35,11 @@ pub async fn open(args: &StoreArgs) -> anyhow::Result<SharedStore> {
     }
     if address == "kubernetes" {
         // TODO: the Kubernetes backend (CRDs through the API server) is not written yet.
-        anyhow::bail!("--store kubernetes is not available yet; use embedded:<path> or etcd:<endpoints>");
+        anyhow::bail!(
+            "--store kubernetes is not available yet; use embedded:<path> or etcd:<endpoints>"
+        );
     }
-    anyhow::bail!("--store {address:?}: expected embedded:<path> or etcd:<endpoint>[,<endpoint>...]")
+    anyhow::bail!(
+        "--store {address:?}: expected embedded:<path> or etcd:<endpoint>[,<endpoint>...]"
+    )
 }
