@@ -2,6 +2,7 @@
 //!
 //! One [`Store`] trait, three backends: `embedded:<path>` (SQLite, in
 //! [`embedded`]), `etcd:<endpoints>` (crate `atoll-etcd`) and `kubernetes`.
+//! Every backend runs the checks of [`conformance`] in its tests.
 //!
 //! The data model is small on purpose:
 //!
@@ -26,6 +27,7 @@
 
 #![warn(missing_docs)]
 
+pub mod conformance;
 pub mod embedded;
 
 use std::fmt;
@@ -52,7 +54,13 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 5] = [Kind::Subnet, Kind::IPPool, Kind::Node, Kind::Namespace, Kind::Workload];
+    pub const ALL: [Kind; 5] = [
+        Kind::Subnet,
+        Kind::IPPool,
+        Kind::Node,
+        Kind::Namespace,
+        Kind::Workload,
+    ];
 
     /// Lower-case plural, used in keys and tables.
     pub fn as_str(self) -> &'static str {
@@ -160,7 +168,8 @@ pub struct Claim {
 pub enum ClaimOutcome {
     /// The record was created: the address is ours.
     Won,
-    /// Another attachment holds the address.
+    /// The record exists already, so nothing was written. `holder` may be
+    /// the caller's own attachment if it claimed the address before.
     Taken {
         /// The holder found.
         holder: Attachment,
@@ -179,7 +188,9 @@ pub enum StoreError {
         reason: String,
     },
     /// A guarded write lost against a concurrent writer.
-    #[error("conflict on {what}: expected generation {expected}, found {found}; re-read and retry")]
+    #[error(
+        "conflict on {what}: expected generation {expected}, found {found}; re-read and retry"
+    )]
     Conflict {
         /// What was guarded.
         what: String,
@@ -237,7 +248,12 @@ pub trait Store: Send + Sync + fmt::Debug {
     ///
     /// # Errors
     /// [`StoreError::Unavailable`].
-    async fn put(&self, kind: Kind, key: &str, value: &serde_json::Value) -> Result<u64, StoreError>;
+    async fn put(
+        &self,
+        kind: Kind,
+        key: &str,
+        value: &serde_json::Value,
+    ) -> Result<u64, StoreError>;
 
     /// The resource generation: a counter bumped by every [`Store::apply`].
     /// Cheap; agents call it to learn whether subnets or pools changed.
@@ -264,7 +280,12 @@ pub trait Store: Send + Sync + fmt::Debug {
     ///
     /// # Errors
     /// [`StoreError::Unavailable`].
-    async fn release(&self, subnet: &str, ip: IpAddr, holder: &Attachment) -> Result<bool, StoreError>;
+    async fn release(
+        &self,
+        subnet: &str,
+        ip: IpAddr,
+        holder: &Attachment,
+    ) -> Result<bool, StoreError>;
 
     /// The claims held by one attachment (one per family at most).
     ///
@@ -297,6 +318,10 @@ pub async fn open_embedded(address: &str) -> Result<SharedStore, StoreError> {
             given: address.to_string(),
             reason: "expected embedded:<path>".into(),
         })?;
-    let path = if path.is_empty() { DEFAULT_EMBEDDED_PATH } else { path };
+    let path = if path.is_empty() {
+        DEFAULT_EMBEDDED_PATH
+    } else {
+        path
+    };
     Ok(Arc::new(embedded::EmbeddedStore::open(path)?))
 }
