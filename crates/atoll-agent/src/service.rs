@@ -20,8 +20,9 @@
 //! when a pool looks exhausted, since other agents and the CLI release
 //! addresses the cache does not see.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use atoll_core::binding::{
     owner_chain, parse_pool_list, resolve_binding, BindingInputs, BindingSource,
@@ -141,6 +142,14 @@ impl AgentError {
 struct State {
     engine: Engine,
     generation: Option<u64>,
+    /// Workloads by key `namespace/Kind/name`, refreshed with the generation.
+    workloads: HashMap<String, Workload>,
+    /// Namespaces by name, refreshed with the generation.
+    namespaces: HashMap<String, Namespace>,
+    /// This node's claims by attachment: the runtime sends a container's
+    /// requests to its own node's agent, so this map is complete for new
+    /// attachments and a new ADD needs no look-up round trip.
+    held: HashMap<Attachment, Vec<Claim>>,
 }
 
 /// The allocation service of one node.
@@ -148,6 +157,9 @@ pub struct Service {
     store: SharedStore,
     node: String,
     state: Mutex<State>,
+    /// One lock per attachment with a request in flight, so that two
+    /// requests for one attachment never interleave.
+    inflight: std::sync::Mutex<HashMap<Attachment, Arc<Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -200,7 +212,11 @@ impl Service {
             state: Mutex::new(State {
                 engine: Engine::new(Catalog::default()),
                 generation: None,
+                workloads: HashMap::new(),
+                namespaces: HashMap::new(),
+                held: HashMap::new(),
             }),
+            inflight: std::sync::Mutex::new(HashMap::new()),
         };
         service.refresh(true).await?;
         Ok(service)
@@ -241,7 +257,27 @@ impl Service {
         for o in self.store.list(Kind::Node).await? {
             nodes.push(decode::<Node>(Kind::Node, &o.key, o.value)?);
         }
+        let mut workloads = HashMap::new();
+        for o in self.store.list(Kind::Workload).await? {
+            workloads.insert(
+                o.key.clone(),
+                decode::<Workload>(Kind::Workload, &o.key, o.value)?,
+            );
+        }
+        let mut namespaces = HashMap::new();
+        for o in self.store.list(Kind::Namespace).await? {
+            namespaces.insert(
+                o.key.clone(),
+                decode::<Namespace>(Kind::Namespace, &o.key, o.value)?,
+            );
+        }
         let claims = self.store.list_claims(None).await?;
+        let mut held: HashMap<Attachment, Vec<Claim>> = HashMap::new();
+        for c in claims.iter().filter(|c| c.node == self.node) {
+            held.entry(c.attachment.clone())
+                .or_default()
+                .push(c.clone());
+        }
 
         let mut state = self.state.lock().await;
         let mut engine = state.engine.rebuild(catalog);
@@ -260,15 +296,20 @@ impl Service {
         );
         state.engine = engine;
         state.generation = Some(generation);
+        state.workloads = workloads;
+        state.namespaces = namespaces;
+        state.held = held;
         Ok(())
     }
 
-    /// Finds the pools of the application behind a request, and the application's name.
+    /// Finds the pools of the application behind a request, and the
+    /// application's name, from the cached workloads and namespaces.
     async fn binding(
         &self,
         req: &AddRequest,
     ) -> Result<(String, Vec<String>, BindingSource), AgentError> {
         let args = &req.args;
+        let state = self.state.lock().await;
         let pod_ns = args.get("K8S_POD_NAMESPACE").cloned();
         let pod_name = args.get("K8S_POD_NAME").cloned();
 
@@ -280,22 +321,26 @@ impl Service {
                 .ok_or_else(|| {
                     AgentError::Binding(format!("ATOLL_APP={app:?}: expected <namespace>/<name>"))
                 })?;
-            let found = self.find_workload(ns, name).await?;
-            if found.is_none() {
+            // Prefer controllers over pods of the same name.
+            let found = [
+                "Deployment",
+                "StatefulSet",
+                "DaemonSet",
+                "CronJob",
+                "Job",
+                "ReplicaSet",
+                "Pod",
+            ]
+            .iter()
+            .find_map(|kind| state.workloads.get(&workload_key(ns, kind, name)));
+            let Some(found) = found else {
                 return Err(AgentError::Binding(format!(
                     "ATOLL_APP={app}: no workload {name} in namespace {ns}; apply it with `atoll apply`"
                 )));
-            }
-            (app.clone(), found)
-        } else if let (Some(ns), Some(name)) = (&pod_ns, &pod_name) {
-            let pod = self
-                .store
-                .get(Kind::Workload, &workload_key(ns, "Pod", name))
-                .await?;
-            let pod = match pod {
-                Some(o) => Some(decode::<Workload>(Kind::Workload, &o.key, o.value)?),
-                None => None,
             };
+            (app.clone(), Some(found))
+        } else if let (Some(ns), Some(name)) = (&pod_ns, &pod_name) {
+            let pod = state.workloads.get(&workload_key(ns, "Pod", name));
             (format!("{ns}/{name}"), pod)
         } else {
             (
@@ -314,14 +359,13 @@ impl Service {
             return Ok((app, pools, BindingSource::Pod));
         }
 
-        // Owners, nearest first, read from the store.
+        // Owners, nearest first.
         let mut owners: Vec<(String, StringMap)> = Vec::new();
         let mut pod_annotations = None;
         let namespace_name = workload
-            .as_ref()
             .and_then(|w| w.metadata.namespace.clone())
             .or(pod_ns.clone());
-        if let Some(w) = &workload {
+        if let Some(w) = workload {
             // A pod's own annotations, or a workload's pod template.
             let mut annotations = w.template_annotations.clone();
             if w.kind == "Pod" {
@@ -333,19 +377,8 @@ impl Service {
                 ));
             }
             pod_annotations = Some(annotations);
-            let all = self.store.list(Kind::Workload).await?;
-            let all: Vec<Workload> = all
-                .into_iter()
-                .filter_map(|o| serde_json::from_value(o.value).ok())
-                .collect();
             for o in owner_chain(w, |ns, kind, name| {
-                all.iter()
-                    .find(|x| {
-                        x.kind == kind
-                            && x.metadata.name == name
-                            && x.metadata.namespace.as_deref().unwrap_or("default") == ns
-                    })
-                    .cloned()
+                state.workloads.get(&workload_key(ns, kind, name)).cloned()
             }) {
                 owners.push((
                     format!("{}/{}", o.kind, o.key()),
@@ -353,20 +386,14 @@ impl Service {
                 ));
             }
         }
-        let namespace = match &namespace_name {
-            Some(ns) => match self.store.get(Kind::Namespace, ns).await? {
-                Some(o) => Some(decode::<Namespace>(Kind::Namespace, ns, o.value)?),
-                None => None,
-            },
-            None => None,
-        };
-        let defaults = self.state.lock().await.engine.catalog().default_pools();
+        let namespace = namespace_name
+            .as_ref()
+            .and_then(|ns| state.namespaces.get(ns));
+        let defaults = state.engine.catalog().default_pools();
         let binding = resolve_binding(&BindingInputs {
             pod_annotations: pod_annotations.as_ref(),
             owners: &owners,
-            namespace: namespace
-                .as_ref()
-                .map(|n| (n.metadata.name.as_str(), &n.metadata.annotations)),
+            namespace: namespace.map(|n| (n.metadata.name.as_str(), &n.metadata.annotations)),
             cni_pools: &req.cni_pools,
             default_pools: &defaults,
         })
@@ -374,26 +401,12 @@ impl Service {
         Ok((app, binding.pools, binding.source))
     }
 
-    async fn find_workload(&self, ns: &str, name: &str) -> Result<Option<Workload>, AgentError> {
-        // Prefer controllers over pods of the same name.
-        for kind in [
-            "Deployment",
-            "StatefulSet",
-            "DaemonSet",
-            "CronJob",
-            "Job",
-            "ReplicaSet",
-            "Pod",
-        ] {
-            if let Some(o) = self
-                .store
-                .get(Kind::Workload, &workload_key(ns, kind, name))
-                .await?
-            {
-                return Ok(Some(decode(Kind::Workload, &o.key, o.value)?));
-            }
-        }
-        Ok(None)
+    /// The lock of one attachment; requests for one attachment run one at a time.
+    fn attachment_lock(&self, attachment: &Attachment) -> Arc<Mutex<()>> {
+        let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        // Forget locks nobody holds, so the map stays as small as the work in flight.
+        map.retain(|_, l| Arc::strong_count(l) > 1);
+        map.entry(attachment.clone()).or_default().clone()
     }
 
     fn result_of(&self, engine: &Engine, claims: &[Claim]) -> AddResult {
@@ -435,13 +448,20 @@ impl Service {
     /// # Errors
     /// See [`AgentError`]; nothing stays claimed on error.
     pub async fn add(&self, req: &AddRequest) -> Result<AddResult, AgentError> {
+        let lock = self.attachment_lock(&req.attachment);
+        let _serial = lock.lock().await;
         self.refresh(false).await?;
 
-        let existing = self.store.claims_of(&req.attachment).await?;
-        if !existing.is_empty() {
-            let state = self.state.lock().await;
-            debug!(container = %req.attachment, "ADD repeated: same addresses");
-            return Ok(self.result_of(&state.engine, &existing));
+        // A repeated ADD: confirm with the store, which the CLI may have changed.
+        let cached = self.state.lock().await.held.contains_key(&req.attachment);
+        if cached {
+            let existing = self.store.claims_of(&req.attachment).await?;
+            let mut state = self.state.lock().await;
+            if !existing.is_empty() {
+                debug!(container = %req.attachment, "ADD repeated: same addresses");
+                return Ok(self.result_of(&state.engine, &existing));
+            }
+            state.held.remove(&req.attachment);
         }
 
         let (app, names, source) = self.binding(req).await?;
@@ -466,7 +486,8 @@ impl Service {
             }
         }
 
-        let state = self.state.lock().await;
+        let mut state = self.state.lock().await;
+        state.held.insert(req.attachment.clone(), claimed.clone());
         for c in &claimed {
             info!(
                 container = %req.attachment.container_id,
@@ -565,7 +586,13 @@ impl Service {
     /// # Errors
     /// Every release that failed, together.
     pub async fn del(&self, attachment: &Attachment) -> Result<(), AgentError> {
-        let claims = self.store.claims_of(attachment).await?;
+        let lock = self.attachment_lock(attachment);
+        let _serial = lock.lock().await;
+        let cached = self.state.lock().await.held.remove(attachment);
+        let claims = match cached {
+            Some(c) => c,
+            None => self.store.claims_of(attachment).await?,
+        };
         let mut errors = Vec::new();
         for c in &claims {
             match self.store.release(&c.subnet, c.ip, attachment).await {
@@ -581,6 +608,12 @@ impl Service {
         if errors.is_empty() {
             Ok(())
         } else {
+            // Keep what could not be released in view, so a retried DEL tries again.
+            self.state
+                .lock()
+                .await
+                .held
+                .insert(attachment.clone(), claims);
             Err(AgentError::Several(errors))
         }
     }
@@ -631,7 +664,10 @@ impl Service {
             }
             match self.store.release(&c.subnet, c.ip, &c.attachment).await {
                 Ok(true) => {
-                    self.state.lock().await.engine.release(c.ip);
+                    let mut state = self.state.lock().await;
+                    state.engine.release(c.ip);
+                    state.held.remove(&c.attachment);
+                    drop(state);
                     info!(container = %c.attachment.container_id, ifname = %c.attachment.ifname, node = %self.node, pool = %c.pool, ip = %c.ip, "released by gc");
                     released.push(c);
                 }

@@ -243,6 +243,18 @@ async fn del_check_gc() {
         .map(|c| c.attachment.container_id)
         .collect();
     assert_eq!(left, ["c3"]);
+
+    // Released behind the agent's back (the CLI): a repeated ADD does not
+    // answer the stale address from its cache, it claims again.
+    let held = store.claims_of(&att("c3")).await.unwrap();
+    assert!(store
+        .release(&held[0].subnet, held[0].ip, &att("c3"))
+        .await
+        .unwrap());
+    let again = n1.add(&req("c3", &[("ATOLL_POOLS", "pa")])).await.unwrap();
+    let now = store.claims_of(&att("c3")).await.unwrap();
+    assert_eq!(now.len(), 1, "claimed again");
+    assert_eq!(now[0].ip, again.ips[0].address);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -107,6 +107,10 @@ pub async fn apply_manifests(
     let mut out = String::new();
     let mut subnets_in = Vec::new();
     let mut pools_in = Vec::new();
+    // Nodes, namespaces and workloads go in the same guarded batch, so that
+    // the generation moves and running agents pick them up.
+    let mut object_changes = Vec::new();
+    let mut object_lines = Vec::new();
     for m in manifests {
         match m {
             Manifest::Subnet(s) => subnets_in.push(s),
@@ -114,18 +118,22 @@ pub async fn apply_manifests(
             Manifest::Node(n) => {
                 let key = n.metadata.name.clone();
                 anyhow::ensure!(!key.is_empty(), "Node without metadata.name");
-                store
-                    .put(Kind::Node, &key, &serde_json::to_value(&n)?)
-                    .await?;
-                writeln!(out, "node/{key} configured")?;
+                object_changes.push(Change::Put {
+                    kind: Kind::Node,
+                    key: key.clone(),
+                    value: serde_json::to_value(&n)?,
+                });
+                object_lines.push(format!("node/{key} configured"));
             }
             Manifest::Namespace(n) => {
                 let key = n.metadata.name.clone();
                 anyhow::ensure!(!key.is_empty(), "Namespace without metadata.name");
-                store
-                    .put(Kind::Namespace, &key, &serde_json::to_value(&n)?)
-                    .await?;
-                writeln!(out, "namespace/{key} configured")?;
+                object_changes.push(Change::Put {
+                    kind: Kind::Namespace,
+                    key: key.clone(),
+                    value: serde_json::to_value(&n)?,
+                });
+                object_lines.push(format!("namespace/{key} configured"));
             }
             Manifest::Workload(mut w) => {
                 anyhow::ensure!(
@@ -139,10 +147,12 @@ pub async fn apply_manifests(
                     .get_or_insert_with(|| "default".into())
                     .clone();
                 let key = workload_key(&ns, &w.kind, &w.metadata.name);
-                store
-                    .put(Kind::Workload, &key, &serde_json::to_value(&w)?)
-                    .await?;
-                writeln!(out, "{}/{} configured", w.kind.to_lowercase(), w.key())?;
+                object_changes.push(Change::Put {
+                    kind: Kind::Workload,
+                    key,
+                    value: serde_json::to_value(&w)?,
+                });
+                object_lines.push(format!("{}/{} configured", w.kind.to_lowercase(), w.key()));
             }
             Manifest::Other { kind, name, .. } => {
                 writeln!(
@@ -153,7 +163,7 @@ pub async fn apply_manifests(
             }
         }
     }
-    if subnets_in.is_empty() && pools_in.is_empty() {
+    if subnets_in.is_empty() && pools_in.is_empty() && object_changes.is_empty() {
         return Ok(out);
     }
 
@@ -170,8 +180,8 @@ pub async fn apply_manifests(
             .into_iter()
             .map(|p| (p.metadata.name.clone(), p))
             .collect();
-        let mut changes = Vec::new();
-        let mut lines = Vec::new();
+        let mut changes = object_changes.clone();
+        let mut lines = object_lines.clone();
         for s in &subnets_in {
             let name = s.metadata.name.clone();
             let mut s = s.clone();
