@@ -198,6 +198,9 @@ fn choice_1000(c: &mut Criterion) {
             })
         },
     );
+    c.bench_function("pool choice among 1,000 bound pools (match is last)", |b| {
+        b.iter(|| black_box(e.first_candidate("n", black_box(&ids), Family::V4).unwrap()))
+    });
     c.bench_function("full choice report among 1,000 pools", |b| {
         b.iter(|| black_box(e.choose("n", &ids, Family::V4).unwrap()))
     });

@@ -23,7 +23,9 @@
 //! - Memory and time depend on the number of ranges and held addresses,
 //!   never on the size of a pool.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use rustc_hash::FxHashMap as HashMap;
 use std::net::IpAddr;
 
 use crate::catalog::{Catalog, PoolId, SubnetId};
@@ -111,6 +113,8 @@ struct NodeEntry {
     labels: StringMap,
     /// Bit i set when pool i serves the node.
     serves: Vec<u64>,
+    /// `serves` split by the pools' family: [IPv4, IPv6].
+    serves_family: [Vec<u64>; 2],
 }
 
 impl NodeEntry {
@@ -134,8 +138,13 @@ pub struct Engine {
     /// Bit i set when pool i is enabled and has a free address: with a
     /// node's `serves`, pool choice is one AND per bound pool.
     usable: Vec<u64>,
-    /// Bit i set when pool i is enabled and holds IPv6 addresses.
-    v6: Vec<u64>,
+}
+
+fn family_index(family: Family) -> usize {
+    match family {
+        Family::V4 => 0,
+        Family::V6 => 1,
+    }
 }
 
 fn bit(id: PoolId) -> (usize, u64) {
@@ -189,17 +198,11 @@ impl Engine {
             pools,
             subnets,
             ips_index,
-            borrowed_owner: HashMap::new(),
-            nodes: HashMap::new(),
+            borrowed_owner: HashMap::default(),
+            nodes: HashMap::default(),
             usable: vec![0; words],
-            v6: vec![0; words],
         };
         for id in 0..engine.pools.len() {
-            let p = &engine.catalog.pools()[id];
-            if p.family == Family::V6 {
-                let (w, b) = bit(id);
-                engine.v6[w] |= b;
-            }
             engine.refresh_usable(id);
         }
         engine
@@ -257,7 +260,9 @@ impl Engine {
     }
 
     fn upsert_node_parts(&mut self, name: &str, uid: Option<String>, labels: StringMap) {
-        let mut serves = vec![0u64; self.catalog.pools().len().div_ceil(64)];
+        let words = self.catalog.pools().len().div_ceil(64);
+        let mut serves = vec![0u64; words];
+        let mut serves_family = [vec![0u64; words], vec![0u64; words]];
         let node = NodeRef {
             name,
             uid: uid.as_deref(),
@@ -266,6 +271,7 @@ impl Engine {
         for (id, p) in self.catalog.pools().iter().enumerate() {
             if p.affinity.matches(&node) {
                 serves[id / 64] |= 1u64 << (id % 64);
+                serves_family[family_index(p.family)][id / 64] |= 1u64 << (id % 64);
             }
         }
         self.nodes.insert(
@@ -275,6 +281,7 @@ impl Engine {
                 uid,
                 labels,
                 serves,
+                serves_family,
             },
         );
     }
@@ -392,6 +399,34 @@ impl Engine {
         Ok(choice)
     }
 
+    /// The first bound pool that serves the node, holds the family and has a
+    /// free address without borrowing: pool choice's fast path, one AND per
+    /// bound pool.
+    ///
+    /// # Errors
+    /// [`AllocError::UnknownNode`].
+    pub fn first_candidate(
+        &self,
+        node: &str,
+        pools: &[PoolId],
+        family: Family,
+    ) -> Result<Option<PoolId>, AllocError> {
+        Ok(Engine::first_usable(self.node(node)?, &self.usable, pools, family))
+    }
+
+    fn first_usable(
+        node: &NodeEntry,
+        usable: &[u64],
+        pools: &[PoolId],
+        family: Family,
+    ) -> Option<PoolId> {
+        let serves = &node.serves_family[family_index(family)];
+        pools.iter().copied().find(|&id| {
+            let (w, b) = bit(id);
+            serves[w] & usable[w] & b != 0
+        })
+    }
+
     /// Allocates an address: the next free one after the cursor of the
     /// first serving pool that has one; when every serving pool is full, one
     /// borrowed from the subnet of the first serving pool that may borrow.
@@ -403,21 +438,7 @@ impl Engine {
     pub fn allocate(&mut self, req: &Request<'_>) -> Result<Allocation, AllocError> {
         let node = self.node(req.node)?;
 
-        // Fast path: the first bound pool that serves the node, holds the
-        // family and has a free address, one AND per pool.
-        let family_mask = if req.family == Family::V6 {
-            0
-        } else {
-            u64::MAX
-        };
-        let mut first = None;
-        for &id in req.pools {
-            let (w, b) = bit(id);
-            if node.serves[w] & self.usable[w] & (self.v6[w] ^ family_mask) & b != 0 {
-                first = Some(id);
-                break;
-            }
-        }
+        let first = Engine::first_usable(node, &self.usable, req.pools, req.family);
 
         // Every serving pool is full: the first that may borrow and whose
         // subnet has something to lend.
