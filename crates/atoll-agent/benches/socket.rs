@@ -13,7 +13,9 @@ use atoll_store::{Change, Kind};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
+/// Clients at once; `ATOLL_BENCH_CLIENTS` overrides.
 const CLIENTS: usize = 32;
+/// Requests per client and verb.
 const PER_CLIENT: usize = 500;
 
 const WORLD: &str = r#"
@@ -83,10 +85,14 @@ async fn main() {
         let _ = stop_rx.await;
     }));
 
+    let clients: usize = std::env::var("ATOLL_BENCH_CLIENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(CLIENTS);
     for (label, command) in [("ADD", Command::Add), ("DEL", Command::Del)] {
         let started = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
-        for c in 0..CLIENTS {
+        for c in 0..clients {
             let socket = socket.clone();
             tasks.spawn(async move {
                 let mut lat = Vec::with_capacity(PER_CLIENT);
@@ -106,7 +112,7 @@ async fn main() {
         let elapsed = started.elapsed();
         lat.sort();
         println!(
-            "{label} at the socket, {CLIENTS} clients, {} requests: {:.0}/s, p50 {:?}, p99 {:?}",
+            "{label} at the socket, {clients} clients, {} requests: {:.0}/s, p50 {:?}, p99 {:?}",
             lat.len(),
             lat.len() as f64 / elapsed.as_secs_f64(),
             percentile(&lat, 0.5),

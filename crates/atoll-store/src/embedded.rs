@@ -343,10 +343,12 @@ impl Store for EmbeddedStore {
     }
 
     async fn generation(&self) -> Result<u64, StoreError> {
-        self.read(|conn, store| {
+        // Agents ask this on every request, so it runs inline rather than on
+        // the blocking pool: one indexed row read in WAL mode, which never
+        // waits for the writer, costs less than the thread hand-off would.
+        self.readers.run(|conn, store| {
             read_counter(conn, "generation").map_err(|e| sqlite_error(store, &e))
         })
-        .await
     }
 
     async fn apply(&self, changes: &[Change], expected: u64) -> Result<u64, StoreError> {
