@@ -32,9 +32,15 @@ spec: {subnet: bench, ips: [10.199.0.0/16]}
 
 async fn call(socket: &std::path::Path, req: &AgentRequest) -> AgentResponse {
     let mut stream = UnixStream::connect(socket).await.expect("connect");
-    stream.write_all(&req.to_line().expect("encode")).await.expect("write");
+    stream
+        .write_all(&req.to_line().expect("encode"))
+        .await
+        .expect("write");
     let mut line = Vec::new();
-    BufReader::new(stream).read_until(b'\n', &mut line).await.expect("read");
+    BufReader::new(stream)
+        .read_until(b'\n', &mut line)
+        .await
+        .expect("read");
     AgentResponse::from_line(&line).expect("answer")
 }
 
@@ -55,9 +61,10 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = atoll_store::open_embedded(&format!("embedded:{}", dir.path().join("b.db").display()))
-        .await
-        .expect("store");
+    let store =
+        atoll_store::open_embedded(&format!("embedded:{}", dir.path().join("b.db").display()))
+            .await
+            .expect("store");
     let mut changes = Vec::new();
     for m in atoll_core::manifest::parse_manifests(WORLD).expect("manifest") {
         if let atoll_core::manifest::Manifest::Subnet(s) = &m {
@@ -78,12 +85,21 @@ async fn main() {
     store.apply(&changes, 0).await.expect("apply");
 
     let socket = dir.path().join("agent.sock");
-    let service = Arc::new(atoll_agent::Service::start(store.clone(), "bench-node", None).await.expect("agent"));
+    let service = Arc::new(
+        atoll_agent::Service::start(store.clone(), "bench-node", None)
+            .await
+            .expect("agent"),
+    );
     let listener = atoll_agent::bind(&socket).await.expect("bind");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(atoll_agent::serve(service, listener, socket.clone(), async {
-        let _ = stop_rx.await;
-    }));
+    let server = tokio::spawn(atoll_agent::serve(
+        service,
+        listener,
+        socket.clone(),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
 
     let clients: usize = std::env::var("ATOLL_BENCH_CLIENTS")
         .ok()
@@ -119,7 +135,10 @@ async fn main() {
             percentile(&lat, 0.99)
         );
     }
-    assert!(store.list_claims(None).await.expect("claims").is_empty(), "every DEL released");
+    assert!(
+        store.list_claims(None).await.expect("claims").is_empty(),
+        "every DEL released"
+    );
     let _ = stop_tx.send(());
     server.await.expect("server");
 }

@@ -189,7 +189,10 @@ async fn dispatch(service: &Service, req: AgentRequest) -> AgentResponse {
                     ifname: a.ifname.clone(),
                 })
                 .collect();
-            service.gc(&valid).await.map(|_| AgentResponse::empty())
+            service
+                .gc(&req.network, &valid)
+                .await
+                .map(|_| AgentResponse::empty())
         }
         Command::Status => service.status().await.map(|()| AgentResponse::empty()),
     };

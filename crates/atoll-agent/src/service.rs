@@ -548,6 +548,7 @@ impl Service {
                 attachment: req.attachment.clone(),
                 node: self.node.clone(),
                 app: app.to_string(),
+                network: req.network.clone(),
                 borrowed: a.borrowed,
                 created: 0,
             };
@@ -645,21 +646,19 @@ impl Service {
         Ok(())
     }
 
-    /// GC: releases every claim of this node whose attachment is not valid.
+    /// GC: releases every claim of this node and network whose attachment
+    /// is not valid.
     /// Returns the released claims.
     ///
     /// # Errors
     /// Every release that failed, together.
-    pub async fn gc(&self, valid: &[Attachment]) -> Result<Vec<Claim>, AgentError> {
-        // TODO: claims do not record the CNI network name yet, so GC for one
-        // network also releases the node's claims of another atoll network.
-        // Harmless with one atoll network per node (the common set-up);
-        // needs a `network` field in `Claim` and in both backends.
+    pub async fn gc(&self, network: &str, valid: &[Attachment]) -> Result<Vec<Claim>, AgentError> {
         let valid: HashSet<&Attachment> = valid.iter().collect();
         let mut released = Vec::new();
         let mut errors = Vec::new();
         for c in self.store.list_claims(Some(&self.node)).await? {
-            if valid.contains(&c.attachment) {
+            // Another network's attachments are not in this list.
+            if c.network != network || valid.contains(&c.attachment) {
                 continue;
             }
             match self.store.release(&c.subnet, c.ip, &c.attachment).await {

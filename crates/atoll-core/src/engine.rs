@@ -411,7 +411,12 @@ impl Engine {
         pools: &[PoolId],
         family: Family,
     ) -> Result<Option<PoolId>, AllocError> {
-        Ok(Engine::first_usable(self.node(node)?, &self.usable, pools, family))
+        Ok(Engine::first_usable(
+            self.node(node)?,
+            &self.usable,
+            pools,
+            family,
+        ))
     }
 
     fn first_usable(

@@ -108,6 +108,7 @@ fn claim_of(claimers: usize, i: usize) -> Claim {
         },
         node: format!("node-{}", i % 8),
         app: "bench/app".into(),
+        network: "net".into(),
         borrowed: false,
         created: 0,
     }

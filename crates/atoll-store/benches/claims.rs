@@ -73,6 +73,7 @@ async fn claim_fresh(
                     },
                     node: "node-1".into(),
                     app: String::new(),
+                    network: "net".into(),
                     borrowed: false,
                     created: 0,
                 };

@@ -846,6 +846,7 @@ impl Scope {
             attachment: holder.clone(),
             node: node.to_string(),
             app: String::new(),
+            network: "conformance-net".into(),
             borrowed: false,
             created: 0,
         }

@@ -118,6 +118,7 @@ CREATE TABLE claims (
     app TEXT NOT NULL,
     borrowed INTEGER NOT NULL,
     created INTEGER NOT NULL,
+    network TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (subnet, ip)
 ) STRICT, WITHOUT ROWID;
 
@@ -125,7 +126,8 @@ CREATE INDEX claims_by_holder ON claims (container_id, ifname);
 CREATE INDEX claims_by_node ON claims (node);
 ";
 
-const CLAIM_COLUMNS: &str = "subnet, ip, pool, container_id, ifname, node, app, borrowed, created";
+const CLAIM_COLUMNS: &str =
+    "subnet, ip, pool, container_id, ifname, node, app, borrowed, created, network";
 
 /// The embedded store: one SQLite file, shared safely by the processes of
 /// one host.
@@ -718,7 +720,7 @@ fn insert_claim(tx: &Transaction<'_>, claim: &Claim, now: u64) -> rusqlite::Resu
     let ip = claim.ip.to_string();
     let inserted = tx
         .prepare_cached(&format!(
-            "INSERT INTO claims ({CLAIM_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+            "INSERT INTO claims ({CLAIM_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
              ON CONFLICT (subnet, ip) DO NOTHING"
         ))?
         .execute(params![
@@ -731,6 +733,7 @@ fn insert_claim(tx: &Transaction<'_>, claim: &Claim, now: u64) -> rusqlite::Resu
             claim.app,
             claim.borrowed,
             i64::try_from(now).unwrap_or(i64::MAX),
+            claim.network,
         ])?;
     if inserted == 1 {
         return Ok(ClaimOutcome::Won);
@@ -891,6 +894,7 @@ fn claim_from_row(row: &Row<'_>) -> Result<Claim, StoreError> {
         pool: column(2)?,
         node: column(5)?,
         app: column(6)?,
+        network: column(9)?,
         subnet,
         ip,
         attachment,

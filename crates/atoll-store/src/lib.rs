@@ -155,6 +155,10 @@ pub struct Claim {
     /// The application, `namespace/name`, when known.
     #[serde(default)]
     pub app: String,
+    /// The CNI network the attachment belongs to: GC of one network leaves
+    /// the claims of another alone. Empty for claims made outside CNI.
+    #[serde(default)]
+    pub network: String,
     /// True when borrowed from the subnet, outside the pool's own addresses.
     #[serde(default)]
     pub borrowed: bool,

@@ -46,6 +46,7 @@ fn claim(subnet: &str, ip: IpAddr, by: &str) -> Claim {
         attachment: holder(by),
         node: "node-1".into(),
         app: String::new(),
+        network: "net".into(),
         borrowed: false,
         created: 0,
     }

@@ -98,6 +98,7 @@ async fn claim_in_child(mode: &str, path: &Path, name: &str, count: u32, offset:
                     attachment: holder(&name),
                     node: NODE.into(),
                     app: String::new(),
+                    network: "net".into(),
                     borrowed: false,
                     created: 0,
                 };

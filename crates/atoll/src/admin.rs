@@ -474,7 +474,12 @@ fn reserved_reason(s: &CheckedSubnet, ip: IpAddr) -> Option<String> {
 /// # Errors
 /// A malformed keep entry (nothing is released then), or the store's (after
 /// trying every release).
-pub async fn gc(store: &SharedStore, node: &str, keep: &[String]) -> anyhow::Result<String> {
+pub async fn gc(
+    store: &SharedStore,
+    node: &str,
+    network: Option<&str>,
+    keep: &[String],
+) -> anyhow::Result<String> {
     let node = node.trim();
     anyhow::ensure!(!node.is_empty(), "gc: --node is empty");
     let keep = parse_keep(keep)?;
@@ -484,6 +489,9 @@ pub async fn gc(store: &SharedStore, node: &str, keep: &[String]) -> anyhow::Res
         .await
         .context("listing claims")?;
     claims.sort_by(|a, b| (&a.subnet, a.ip).cmp(&(&b.subnet, b.ip)));
+    if let Some(network) = network {
+        claims.retain(|c| c.network == network);
+    }
     let (kept, stale): (Vec<Claim>, Vec<Claim>) = claims
         .into_iter()
         .partition(|c| keep.contains(&c.attachment));

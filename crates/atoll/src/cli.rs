@@ -163,6 +163,9 @@ pub enum Command {
         /// The node.
         #[arg(long)]
         node: String,
+        /// Only claims of this CNI network (every network when absent).
+        #[arg(long)]
+        network: Option<String>,
         /// Live attachments as `container[/ifname]`, comma separated.
         #[arg(long, value_delimiter = ',')]
         keep: Vec<String>,

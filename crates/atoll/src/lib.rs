@@ -88,9 +88,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 Ok(())
             }
-            Command::Gc { node, keep, store } => {
+            Command::Gc {
+                node,
+                network,
+                keep,
+                store,
+            } => {
                 let store = stores::open(&store).await?;
-                print!("{}", admin::gc(&store, &node, &keep).await?);
+                print!(
+                    "{}",
+                    admin::gc(&store, &node, network.as_deref(), &keep).await?
+                );
                 Ok(())
             }
             Command::Demo(args) => demo::run(args).await,

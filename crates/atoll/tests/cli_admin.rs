@@ -147,6 +147,7 @@ impl Fixture {
             } else {
                 String::new()
             },
+            network: String::new(),
             borrowed,
             created: 0,
         };

@@ -452,6 +452,7 @@ pub fn claim(subnet: &str, ip: &str, container: &str, node: &str) -> Claim {
         },
         node: node.into(),
         app: "default/web".into(),
+        network: "net".into(),
         borrowed: false,
         created: 0,
     }
