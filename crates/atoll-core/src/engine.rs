@@ -685,8 +685,9 @@ impl Engine {
         self.subnets[sid].outside.len()
     }
 
-    /// Memory cost of a pool's free set, in intervals (for benchmarks and metrics).
-    pub fn pool_intervals(&self, id: PoolId) -> usize {
-        self.pools[id].free.intervals()
+    /// Memory cost of a pool's free set beyond its ranges, in stored
+    /// 4,096-address blocks of 512 bytes (for benchmarks and metrics).
+    pub fn pool_blocks(&self, id: PoolId) -> usize {
+        self.pools[id].free.blocks()
     }
 }

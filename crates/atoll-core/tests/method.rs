@@ -268,9 +268,9 @@ fn huge_pools_cost_what_small_ones_cost() {
     assert_eq!(e.pool_usage(id).allocated, 1000);
     assert_eq!(e.pool_usage(id).total, (1 << 24) - 3);
     assert_eq!(
-        e.pool_intervals(id),
+        e.pool_blocks(id),
         1,
-        "sequential allocation keeps one free interval"
+        "1,000 sequential allocations touch one block"
     );
     let ids = e.resolve("a", "t", &["p6".into()]).unwrap();
     for _ in 0..3 {
@@ -285,4 +285,5 @@ fn huge_pools_cost_what_small_ones_cost() {
     let id6 = e.catalog().pool_id("p6").unwrap();
     assert_eq!(e.pool_usage(id6).allocated, 3);
     assert_eq!(e.pool_usage(id6).free, (1u128 << 64) - 5);
+    assert_eq!(e.pool_blocks(id6), 1);
 }
