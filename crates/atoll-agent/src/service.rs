@@ -150,6 +150,10 @@ struct State {
     /// requests to its own node's agent, so this map is complete for new
     /// attachments and a new ADD needs no look-up round trip.
     held: HashMap<Attachment, Vec<Claim>>,
+    /// Attachments whose claim failed with the store unavailable: the claim
+    /// may still have been written (etcd can commit a request whose answer
+    /// was lost), so their next ADD asks the store before claiming.
+    uncertain: HashSet<Attachment>,
 }
 
 /// The allocation service of one node.
@@ -169,6 +173,17 @@ impl std::fmt::Debug for Service {
             .field("store", &self.store.describe())
             .finish()
     }
+}
+
+/// A seed for this node's next-fit cursors: agents of nodes that share a
+/// pool start at different places in it instead of racing for one address.
+fn cursor_seed(node: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // DefaultHasher::new() has fixed keys: the same node gets the same seed
+    // across restarts.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    node.hash(&mut h);
+    h.finish()
 }
 
 fn decode<T: serde::de::DeserializeOwned>(
@@ -210,11 +225,12 @@ impl Service {
             store,
             node: node.to_string(),
             state: Mutex::new(State {
-                engine: Engine::new(Catalog::default()),
+                engine: Engine::with_seed(Catalog::default(), cursor_seed(node)),
                 generation: None,
                 workloads: HashMap::new(),
                 namespaces: HashMap::new(),
                 held: HashMap::new(),
+                uncertain: HashSet::new(),
             }),
             inflight: std::sync::Mutex::new(HashMap::new()),
         };
@@ -452,13 +468,25 @@ impl Service {
         let _serial = lock.lock().await;
         self.refresh(false).await?;
 
-        // A repeated ADD: confirm with the store, which the CLI may have changed.
-        let cached = self.state.lock().await.held.contains_key(&req.attachment);
-        if cached {
+        // A repeated ADD, or one after a claim whose answer was lost: ask
+        // the store, which the CLI or a late commit may have changed, and
+        // answer what the attachment holds.
+        // TODO: a dual-stack attachment found holding one family only (a
+        // failed undo, then a retry) is answered with that family alone.
+        let must_ask = {
+            let state = self.state.lock().await;
+            state.held.contains_key(&req.attachment) || state.uncertain.contains(&req.attachment)
+        };
+        if must_ask {
             let existing = self.store.claims_of(&req.attachment).await?;
             let mut state = self.state.lock().await;
+            state.uncertain.remove(&req.attachment);
             if !existing.is_empty() {
                 debug!(container = %req.attachment, "ADD repeated: same addresses");
+                for c in &existing {
+                    state.engine.hold(c.ip, Some(&c.pool));
+                }
+                state.held.insert(req.attachment.clone(), existing.clone());
                 return Ok(self.result_of(&state.engine, &existing));
             }
             state.held.remove(&req.attachment);
@@ -554,11 +582,20 @@ impl Service {
             };
             match self.store.claim(&claim).await {
                 Ok(ClaimOutcome::Won) => return Ok(claim),
+                Ok(ClaimOutcome::Taken { holder }) if holder == req.attachment => {
+                    // An earlier claim of ours whose answer was lost did land.
+                    debug!(ip = %a.ip, "found this attachment's own earlier claim");
+                    return Ok(claim);
+                }
                 Ok(ClaimOutcome::Taken { holder }) => {
                     debug!(ip = %a.ip, holder = %holder, races, "address taken by another writer; moving on");
                 }
                 Err(e) => {
-                    self.state.lock().await.engine.release(a.ip);
+                    let mut state = self.state.lock().await;
+                    state.engine.release(a.ip);
+                    if matches!(e, StoreError::Unavailable { .. }) {
+                        state.uncertain.insert(req.attachment.clone());
+                    }
                     return Err(e.into());
                 }
             }

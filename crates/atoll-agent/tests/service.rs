@@ -323,3 +323,125 @@ async fn applied_edits_reach_a_running_agent() {
     let r = n1.add(&req("c1", &[("ATOLL_POOLS", "pb")])).await.unwrap();
     assert_eq!(r.ips[0].subnet, "b");
 }
+
+/// The real SQLite store, except that one claim's answer is lost after the
+/// claim was written: what etcd does when a request commits after the
+/// client gave up on it.
+#[derive(Debug)]
+struct LostAnswer {
+    inner: SharedStore,
+    lose_next: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl atoll_store::Store for LostAnswer {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn list(&self, kind: Kind) -> Result<Vec<atoll_store::Object>, atoll_store::StoreError> {
+        self.inner.list(kind).await
+    }
+    async fn get(
+        &self,
+        kind: Kind,
+        key: &str,
+    ) -> Result<Option<atoll_store::Object>, atoll_store::StoreError> {
+        self.inner.get(kind, key).await
+    }
+    async fn put(
+        &self,
+        kind: Kind,
+        key: &str,
+        value: &serde_json::Value,
+    ) -> Result<u64, atoll_store::StoreError> {
+        self.inner.put(kind, key, value).await
+    }
+    async fn generation(&self) -> Result<u64, atoll_store::StoreError> {
+        self.inner.generation().await
+    }
+    async fn apply(
+        &self,
+        changes: &[Change],
+        expected: u64,
+    ) -> Result<u64, atoll_store::StoreError> {
+        self.inner.apply(changes, expected).await
+    }
+    async fn claim(
+        &self,
+        claim: &atoll_store::Claim,
+    ) -> Result<atoll_store::ClaimOutcome, atoll_store::StoreError> {
+        let outcome = self.inner.claim(claim).await?;
+        if self
+            .lose_next
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(atoll_store::StoreError::Unavailable {
+                store: self.describe(),
+                reason: "answer lost".into(),
+            });
+        }
+        Ok(outcome)
+    }
+    async fn release(
+        &self,
+        subnet: &str,
+        ip: std::net::IpAddr,
+        holder: &Attachment,
+    ) -> Result<bool, atoll_store::StoreError> {
+        self.inner.release(subnet, ip, holder).await
+    }
+    async fn claims_of(
+        &self,
+        holder: &Attachment,
+    ) -> Result<Vec<atoll_store::Claim>, atoll_store::StoreError> {
+        self.inner.claims_of(holder).await
+    }
+    async fn list_claims(
+        &self,
+        node: Option<&str>,
+    ) -> Result<Vec<atoll_store::Claim>, atoll_store::StoreError> {
+        self.inner.list_claims(node).await
+    }
+}
+
+#[tokio::test]
+async fn a_retried_add_after_a_lost_answer_gets_the_written_address_not_a_second_one() {
+    let (_dir, inner) = world().await;
+    let lost = Arc::new(LostAnswer {
+        inner: inner.clone(),
+        lose_next: std::sync::atomic::AtomicBool::new(false),
+    });
+    let store: SharedStore = lost.clone();
+    let n1 = Service::start(store.clone(), "n1", labels("z1"))
+        .await
+        .unwrap();
+    let att = Attachment {
+        container_id: "c1".into(),
+        ifname: "eth0".into(),
+    };
+
+    lost.lose_next
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = n1
+        .add(&req("c1", &[("ATOLL_POOLS", "pa")]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), atoll_cni::codes::TRY_AGAIN_LATER);
+    let written = inner.claims_of(&att).await.unwrap();
+    assert_eq!(
+        written.len(),
+        1,
+        "the claim landed although its answer was lost"
+    );
+
+    // Another container's ADD between the two: a second claim for c1 would
+    // get yet another address.
+    n1.add(&req("c2", &[("ATOLL_POOLS", "pa")])).await.unwrap();
+    let retried = n1.add(&req("c1", &[("ATOLL_POOLS", "pa")])).await.unwrap();
+    assert_eq!(retried.ips[0].address, written[0].ip);
+    assert_eq!(
+        inner.claims_of(&att).await.unwrap().len(),
+        1,
+        "no second address"
+    );
+}

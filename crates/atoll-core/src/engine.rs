@@ -135,9 +135,27 @@ pub struct Engine {
     ips_index: Vec<(Family, u128, u128, PoolId)>,
     borrowed_owner: HashMap<(Family, u128), PoolId>,
     nodes: HashMap<String, NodeEntry>,
+    /// Where cursors of new pools start; see [`Engine::with_seed`].
+    seed: u64,
     /// Bit i set when pool i is enabled and has a free address: with a
     /// node's `serves`, pool choice is one AND per bound pool.
     usable: Vec<u64>,
+}
+
+/// The address `seed` places into a set (modulo its size); 0 for an empty set.
+fn nth_address(set: &crate::rangeset::RangeSet, seed: u64) -> u128 {
+    let total = set.len();
+    if total == 0 {
+        return 0;
+    }
+    let mut k = seed as u128 % total;
+    for r in set.ranges() {
+        if k < r.len() {
+            return r.start() + k;
+        }
+        k -= r.len();
+    }
+    set.ranges()[0].start()
 }
 
 fn family_index(family: Family) -> usize {
@@ -152,14 +170,23 @@ fn bit(id: PoolId) -> (usize, u64) {
 }
 
 impl Engine {
-    /// An engine with every allocatable address free.
+    /// An engine with every allocatable address free, each pool's cursor at
+    /// its first address.
     pub fn new(catalog: Catalog) -> Engine {
+        Engine::with_seed(catalog, 0)
+    }
+
+    /// An engine whose next-fit cursors start `seed` addresses into each
+    /// pool (modulo its size). Agents of several nodes that share a pool
+    /// pass different seeds (a hash of the node name), so that they do not
+    /// all chase the same next address and lose races for it in the store.
+    pub fn with_seed(catalog: Catalog, seed: u64) -> Engine {
         let pools = catalog
             .pools()
             .iter()
             .map(|p| PoolState {
                 free: FreeSet::from_rangeset(&p.allocatable),
-                cursor: p.allocatable.ranges().first().map_or(0, |r| r.start()),
+                cursor: nth_address(&p.allocatable, seed),
                 borrowed: BTreeSet::new(),
             })
             .collect();
@@ -175,7 +202,7 @@ impl Engine {
                     .fold(crate::rangeset::RangeSet::new(), |acc, p| acc.union(&p.ips));
                 let outside = s.allocatable.difference(&in_pools);
                 SubnetState {
-                    cursor: outside.ranges().first().map_or(0, |r| r.start()),
+                    cursor: nth_address(&outside, seed),
                     outside: FreeSet::from_rangeset(&outside),
                 }
             })
@@ -201,6 +228,7 @@ impl Engine {
             borrowed_owner: HashMap::default(),
             nodes: HashMap::default(),
             usable: vec![0; words],
+            seed,
         };
         for id in 0..engine.pools.len() {
             engine.refresh_usable(id);
@@ -222,7 +250,7 @@ impl Engine {
     /// of the same name, the next-fit cursors. Held addresses must be fed in
     /// again with [`Engine::hold`].
     pub fn rebuild(&self, catalog: Catalog) -> Engine {
-        let mut next = Engine::new(catalog);
+        let mut next = Engine::with_seed(catalog, self.seed);
         for (id, p) in next.catalog.pools().iter().enumerate() {
             if let Some(old) = self.catalog.pool_id(&p.name) {
                 next.pools[id].cursor = self.pools[old].cursor;

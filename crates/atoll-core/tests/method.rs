@@ -287,3 +287,19 @@ fn huge_pools_cost_what_small_ones_cost() {
     assert_eq!(e.pool_usage(id6).free, (1u128 << 64) - 5);
     assert_eq!(e.pool_blocks(id6), 1);
 }
+
+#[test]
+fn agents_with_different_seeds_start_at_different_places() {
+    let y = subnet("s", "10.1.0.0/24", "10.1.0.1")
+        + &pool("p", "s", "10.1.0.10-10.1.0.109", "zone1", "");
+    let first = |seed: u64| {
+        let mut e = Engine::with_seed(catalog(&y), seed);
+        for n in nodes() {
+            e.upsert_node(&n);
+        }
+        alloc(&mut e, "node-1", &["p"]).unwrap().0.to_string()
+    };
+    assert_eq!(first(0), "10.1.0.10");
+    assert_eq!(first(7), "10.1.0.17");
+    assert_eq!(first(107), "10.1.0.17", "modulo the pool's 100 addresses");
+}

@@ -263,9 +263,9 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
     #[test]
-    fn engine_keeps_every_invariant(w in world(), ops in ops()) {
+    fn engine_keeps_every_invariant(w in world(), ops in ops(), seed in any::<u64>()) {
         let mut model = Model { world: w.clone(), held: BTreeMap::new() };
-        let mut engine = Engine::new(build(&w));
+        let mut engine = Engine::with_seed(build(&w), seed);
         for n in &w.nodes {
             engine.upsert_node(n);
         }

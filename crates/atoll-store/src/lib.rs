@@ -276,7 +276,11 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Claims an address: creates the record for (subnet, ip) if absent.
     ///
     /// # Errors
-    /// [`StoreError::Unavailable`]; nothing is written then.
+    /// [`StoreError::Unavailable`]. The claim may still have been written
+    /// when the answer, not the request, was lost (etcd can commit a request
+    /// after the client gave up on it); the record is then held by the
+    /// caller's attachment, so the caller asks [`Store::claims_of`] before it
+    /// claims again for that attachment.
     async fn claim(&self, claim: &Claim) -> Result<ClaimOutcome, StoreError>;
 
     /// Deletes the record for (subnet, ip) if and only if `holder` holds it.
