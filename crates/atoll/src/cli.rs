@@ -45,6 +45,12 @@ pub struct StoreArgs {
     /// etcd user name.
     #[arg(long, env = "ATOLL_ETCD_USER", global = true)]
     pub etcd_user: Option<String>,
+    /// Longest one etcd operation may take, over every endpoint it tries, in
+    /// seconds. Longer than a leader election, so that a failover delays
+    /// ADDs instead of failing them; a cluster without quorum still fails
+    /// at once.
+    #[arg(long, env = "ATOLL_ETCD_TIMEOUT", default_value_t = 5.0, global = true)]
+    pub etcd_timeout: f64,
     /// etcd password (prefer the environment variable).
     #[arg(
         long,

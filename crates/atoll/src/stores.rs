@@ -19,6 +19,11 @@ pub async fn open(args: &StoreArgs) -> anyhow::Result<SharedStore> {
             .with_context(|| format!("opening {address}"));
     }
     if address.starts_with("etcd:") {
+        anyhow::ensure!(
+            args.etcd_timeout.is_finite() && args.etcd_timeout > 0.0,
+            "--etcd-timeout {}: must be a positive number of seconds",
+            args.etcd_timeout
+        );
         let opts = atoll_etcd::EtcdOptions {
             prefix: args.etcd_prefix.clone(),
             ca_file: args.etcd_ca.clone(),
@@ -26,6 +31,7 @@ pub async fn open(args: &StoreArgs) -> anyhow::Result<SharedStore> {
             key_file: args.etcd_key.clone(),
             username: args.etcd_user.clone(),
             password: args.etcd_password.clone(),
+            request_timeout: std::time::Duration::from_secs_f64(args.etcd_timeout),
             ..atoll_etcd::EtcdOptions::default()
         };
         let store = atoll_etcd::open(address, opts)
