@@ -106,26 +106,40 @@ fn alloc_release_16(c: &mut Criterion) {
 fn first_alloc_8(c: &mut Criterion) {
     let (mut e, ids) = filled("10.0.0.0/8", 1_000_000);
 
-    // The slowest single allocation of 100,000, each timed alone.
-    let mut worst = std::time::Duration::ZERO;
-    let mut got = Vec::with_capacity(100_000);
-    for _ in 0..100_000 {
-        let t = Instant::now();
-        let a = e
-            .allocate(&Request {
-                app: "bench",
-                node: "n",
-                pools: &ids,
-                family: Family::V4,
-            })
-            .unwrap();
-        worst = worst.max(t.elapsed());
-        got.push(a.ip);
+    // The slowest single allocation of 100,000, each timed alone, twice over
+    // the same sequence on copies of the engine: the minimum of the two
+    // timings of an allocation is its cost without the machine's
+    // interruptions (a VM's steal, a timer interrupt), which hit one run only.
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let mut copy = e.clone();
+        let mut times = Vec::with_capacity(100_000);
+        for _ in 0..100_000 {
+            let t = Instant::now();
+            let a = copy
+                .allocate(&Request {
+                    app: "bench",
+                    node: "n",
+                    pools: &ids,
+                    family: Family::V4,
+                })
+                .unwrap();
+            times.push(t.elapsed());
+            black_box(a);
+        }
+        runs.push(times);
     }
-    for ip in got {
-        e.release(ip);
-    }
-    println!("/8 pool with 1,000,000 held: slowest of 100,000 allocations: {worst:?}");
+    let worst_both = runs[0]
+        .iter()
+        .zip(&runs[1])
+        .map(|(a, b)| *a.min(b))
+        .max()
+        .unwrap_or_default();
+    let worst_any = runs.iter().flatten().max().copied().unwrap_or_default();
+    println!(
+        "/8 pool with 1,000,000 held: slowest of 100,000 allocations {worst_both:?} \
+         (slowest single timing, interruptions included: {worst_any:?})"
+    );
 
     c.bench_function("allocate /8 pool holding 1,000,000", |b| {
         b.iter(|| {
