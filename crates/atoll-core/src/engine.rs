@@ -454,9 +454,10 @@ impl Engine {
         family: Family,
     ) -> Option<PoolId> {
         let serves = &node.serves_family[family_index(family)];
+        // Most bound pools miss on affinity: test that first, one load each.
         pools.iter().copied().find(|&id| {
             let (w, b) = bit(id);
-            serves[w] & usable[w] & b != 0
+            serves.get(w).is_some_and(|s| s & b != 0) && usable[w] & b != 0
         })
     }
 
