@@ -589,6 +589,8 @@ impl Service {
                 }
                 Ok(ClaimOutcome::Taken { holder }) => {
                     debug!(ip = %a.ip, holder = %holder, races, "address taken by another writer; moving on");
+                    // Another agent allocates here: leave its path.
+                    self.state.lock().await.engine.jump(a.pool);
                 }
                 Err(e) => {
                     let mut state = self.state.lock().await;

@@ -143,12 +143,12 @@ pub struct Engine {
 }
 
 /// The address `seed` places into a set (modulo its size); 0 for an empty set.
-fn nth_address(set: &crate::rangeset::RangeSet, seed: u64) -> u128 {
+fn nth_address(set: &crate::rangeset::RangeSet, seed: u128) -> u128 {
     let total = set.len();
     if total == 0 {
         return 0;
     }
-    let mut k = seed as u128 % total;
+    let mut k = seed % total;
     for r in set.ranges() {
         if k < r.len() {
             return r.start() + k;
@@ -186,7 +186,7 @@ impl Engine {
             .iter()
             .map(|p| PoolState {
                 free: FreeSet::from_rangeset(&p.allocatable),
-                cursor: nth_address(&p.allocatable, seed),
+                cursor: nth_address(&p.allocatable, seed as u128),
                 borrowed: BTreeSet::new(),
             })
             .collect();
@@ -202,7 +202,7 @@ impl Engine {
                     .fold(crate::rangeset::RangeSet::new(), |acc, p| acc.union(&p.ips));
                 let outside = s.allocatable.difference(&in_pools);
                 SubnetState {
-                    cursor: nth_address(&outside, seed),
+                    cursor: nth_address(&outside, seed as u128),
                     outside: FreeSet::from_rangeset(&outside),
                 }
             })
@@ -529,6 +529,34 @@ impl Engine {
                 tried: choice.skipped,
             }
         }
+    }
+
+    /// Moves a pool's cursor far ahead (0.618 of the pool, wrapping). The
+    /// agent calls it when it lost the race for an address: another agent
+    /// is allocating from the same place, and following it address by
+    /// address would lose every race again.
+    pub fn jump(&mut self, id: PoolId) {
+        let set = &self.catalog.pools()[id].allocatable;
+        let total = set.len();
+        if total < 2 {
+            return;
+        }
+        let cursor = self.pools[id].cursor;
+        let mut offset = 0u128;
+        for r in set.ranges() {
+            if cursor > r.end() {
+                offset += r.len();
+            } else {
+                offset += cursor.saturating_sub(r.start());
+                break;
+            }
+        }
+        let stride = total
+            .checked_mul(618)
+            .map_or((total / 1000).saturating_mul(618), |x| x / 1000)
+            .max(1);
+        let target = (offset % total + stride) % total;
+        self.pools[id].cursor = nth_address(set, target);
     }
 
     /// Takes the next free address of a pool that has one.

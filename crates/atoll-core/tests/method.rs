@@ -303,3 +303,27 @@ fn agents_with_different_seeds_start_at_different_places() {
     assert_eq!(first(7), "10.1.0.17");
     assert_eq!(first(107), "10.1.0.17", "modulo the pool's 100 addresses");
 }
+
+#[test]
+fn a_jump_moves_the_cursor_far_ahead_and_wraps() {
+    let y = subnet("s", "10.1.0.0/24", "10.1.0.1")
+        + &pool("p", "s", "10.1.0.10-10.1.0.109", "zone1", "");
+    let mut e = engine(catalog(&y));
+    let id = e.catalog().pool_id("p").unwrap();
+    assert_eq!(
+        alloc(&mut e, "node-1", &["p"]).unwrap().0.to_string(),
+        "10.1.0.10"
+    );
+    e.jump(id);
+    // The cursor was at offset 1; 61 of the 100 addresses further on.
+    assert_eq!(
+        alloc(&mut e, "node-1", &["p"]).unwrap().0.to_string(),
+        "10.1.0.72"
+    );
+    e.jump(id);
+    assert_eq!(
+        alloc(&mut e, "node-1", &["p"]).unwrap().0.to_string(),
+        "10.1.0.34",
+        "wrapped"
+    );
+}

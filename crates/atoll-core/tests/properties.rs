@@ -203,6 +203,7 @@ enum Op {
     Allocate { node: usize, pools: Vec<usize> },
     Release { which: usize },
     EditAffinity { pool: usize, zone: usize },
+    Jump { pool: usize },
 }
 
 fn ops() -> impl Strategy<Value = Vec<Op>> {
@@ -210,6 +211,7 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
         6 => (0..6usize, prop::collection::vec(0..12usize, 0..4)).prop_map(|(node, pools)| Op::Allocate { node, pools }),
         3 => (0..64usize).prop_map(|which| Op::Release { which }),
         1 => (0..12usize, 0..4usize).prop_map(|(pool, zone)| Op::EditAffinity { pool, zone }),
+        1 => (0..12usize).prop_map(|pool| Op::Jump { pool }),
     ];
     prop::collection::vec(op, 1..120)
 }
@@ -325,6 +327,7 @@ proptest! {
                     prop_assert!(engine.release(ip), "{} was held", ip);
                     prop_assert!(!engine.release(ip), "{} released twice", ip);
                 }
+                Op::Jump { pool } => engine.jump(pool % pool_count),
                 Op::EditAffinity { pool, zone } => {
                     let p = &mut model.world.pools[pool % pool_count];
                     p.spec.node_affinity = ZONES.get(zone).map(|z| NodeAffinity {

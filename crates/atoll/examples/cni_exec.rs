@@ -7,6 +7,10 @@
 //! - `add`: ADD only (addresses stay held).
 //!
 //! Prints `{"adds": [ns...], "dels": [ns...], "wall_s": f}`.
+//!
+//! `cni_exec --plan FILE PARALLEL`: runs the calls listed in FILE, a JSON
+//! array of `{"plugin", "command", "container", "args", "config"}`, and prints
+//! `{"calls": [{"ok", "ns", "stdout"}...], "wall_s": f}` in the same order.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -14,7 +18,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-fn call(plugin: &str, config: &[u8], command: &str, container: &str) -> u128 {
+/// One exec; returns (exit success, nanoseconds, stdout).
+fn exec(
+    plugin: &str,
+    config: &[u8],
+    command: &str,
+    container: &str,
+    args: &str,
+) -> (bool, u128, String) {
     let dir = std::path::Path::new(plugin)
         .parent()
         .map(|p| p.display().to_string())
@@ -26,7 +37,7 @@ fn call(plugin: &str, config: &[u8], command: &str, container: &str) -> u128 {
         .env("CNI_CONTAINERID", container)
         .env("CNI_NETNS", format!("/run/netns/{container}"))
         .env("CNI_IFNAME", "eth0")
-        .env("CNI_ARGS", "IgnoreUnknown=1")
+        .env("CNI_ARGS", args)
         .env("CNI_PATH", dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -38,18 +49,60 @@ fn call(plugin: &str, config: &[u8], command: &str, container: &str) -> u128 {
     let _ = child.stdin.take().expect("stdin").write_all(config);
     let out = child.wait_with_output().expect("wait");
     let took = started.elapsed().as_nanos();
-    if !out.status.success() {
-        panic!(
-            "{plugin} {command} {container}: {} {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+    (
+        out.status.success(),
+        took,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// One exec that must succeed; returns nanoseconds.
+fn call(plugin: &str, config: &[u8], command: &str, container: &str) -> u128 {
+    let (ok, took, stdout) = exec(plugin, config, command, container, "IgnoreUnknown=1");
+    if !ok {
+        panic!("{plugin} {command} {container}: {stdout}");
     }
     took
 }
 
+/// `--plan FILE PARALLEL`.
+fn run_plan(file: &str, parallel: usize) {
+    let text = std::fs::read_to_string(file).expect("read plan");
+    let plan: Vec<serde_json::Value> = serde_json::from_str(&text).expect("plan is a JSON array");
+    let field = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or_default().to_string();
+    let next = AtomicUsize::new(0);
+    let results = Mutex::new(vec![serde_json::Value::Null; plan.len()]);
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..parallel.max(1) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(c) = plan.get(i) else { break };
+                let (ok, ns, stdout) = exec(
+                    &field(c, "plugin"),
+                    field(c, "config").as_bytes(),
+                    &field(c, "command"),
+                    &field(c, "container"),
+                    &field(c, "args"),
+                );
+                results.lock().expect("results")[i] =
+                    serde_json::json!({"ok": ok, "ns": ns, "stdout": stdout});
+            });
+        }
+    });
+    let wall = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({"calls": results.into_inner().expect("results"), "wall_s": wall})
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.len() == 4 && args[1] == "--plan" {
+        run_plan(&args[2], args[3].parse().expect("PARALLEL"));
+        return;
+    }
     if args.len() != 7 {
         eprintln!("usage: cni_exec PLUGIN CONFIG_JSON TAG CYCLES PARALLEL cycle|add");
         std::process::exit(2);
