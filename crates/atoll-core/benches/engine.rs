@@ -11,93 +11,19 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use atoll_core::resource::{
-    IPPool, IPPoolSpec, Node, NodeAffinity, ObjectMeta, Requirement, SelectorTerm, Subnet,
-    SubnetSpec, API_VERSION,
-};
-use atoll_core::{Catalog, Engine, Family, Request};
+use atoll_core::resource::{IPPool, Node, NodeAffinity, Requirement, SelectorTerm};
+use atoll_core::{Catalog, Engine, Family};
 use criterion::{criterion_group, criterion_main, Criterion};
 
-fn subnet(name: &str, cidr: &str) -> Subnet {
-    Subnet {
-        api_version: API_VERSION.into(),
-        kind: "Subnet".into(),
-        metadata: ObjectMeta {
-            name: name.into(),
-            ..Default::default()
-        },
-        spec: SubnetSpec {
-            cidr: cidr.into(),
-            ..Default::default()
-        },
-        status: None,
-    }
-}
-
-fn pool(name: &str, subnet: &str, ips: &str, affinity: Option<NodeAffinity>) -> IPPool {
-    IPPool {
-        api_version: API_VERSION.into(),
-        kind: "IPPool".into(),
-        metadata: ObjectMeta {
-            name: name.into(),
-            ..Default::default()
-        },
-        spec: IPPoolSpec {
-            subnet: subnet.into(),
-            ips: vec![ips.into()],
-            node_affinity: affinity,
-            ..Default::default()
-        },
-        status: None,
-    }
-}
-
-/// A deterministic pseudo-random sequence (xorshift), so runs compare.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-/// An engine with one pool of `cidr`, `held` addresses held at scattered places.
-fn filled(cidr: &str, held: usize) -> (Engine, Vec<usize>) {
-    let cat = Catalog::build(vec![subnet("s", cidr)], vec![pool("p", "s", cidr, None)]).unwrap();
-    let mut e = Engine::new(cat);
-    e.upsert_node(&Node::new("n", &[]));
-    let ids = vec![0];
-    let net: ipnet::Ipv4Net = cidr.parse().unwrap();
-    let base = u32::from(net.network()) as u64;
-    let size = 1u64 << (32 - net.prefix_len());
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let mut n = 0;
-    while n < held {
-        let v = base + 1 + rng.next() % (size - 2);
-        let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::from(v as u32));
-        if matches!(e.hold(ip, None), atoll_core::Hold::Held { .. }) {
-            n += 1;
-        }
-    }
-    (e, ids)
-}
+mod support;
+use support::{filled, pool, request, subnet};
 
 fn alloc_release_16(c: &mut Criterion) {
     let size = (1usize << 16) - 2;
     let (mut e, ids) = filled("10.0.0.0/16", size * 9 / 10);
     c.bench_function("allocate+release /16 pool 90% full", |b| {
         b.iter(|| {
-            let a = e
-                .allocate(&Request {
-                    app: "bench",
-                    node: "n",
-                    pools: &ids,
-                    family: Family::V4,
-                })
-                .unwrap();
+            let a = e.allocate(&request(&ids)).unwrap();
             e.release(black_box(a.ip));
         })
     });
@@ -116,14 +42,7 @@ fn first_alloc_8(c: &mut Criterion) {
         let mut times = Vec::with_capacity(100_000);
         for _ in 0..100_000 {
             let t = Instant::now();
-            let a = copy
-                .allocate(&Request {
-                    app: "bench",
-                    node: "n",
-                    pools: &ids,
-                    family: Family::V4,
-                })
-                .unwrap();
+            let a = copy.allocate(&request(&ids)).unwrap();
             times.push(t.elapsed());
             black_box(a);
         }
@@ -143,14 +62,7 @@ fn first_alloc_8(c: &mut Criterion) {
 
     c.bench_function("allocate /8 pool holding 1,000,000", |b| {
         b.iter(|| {
-            let a = e
-                .allocate(&Request {
-                    app: "bench",
-                    node: "n",
-                    pools: &ids,
-                    family: Family::V4,
-                })
-                .unwrap();
+            let a = e.allocate(&request(&ids)).unwrap();
             e.release(black_box(a.ip));
         })
     });
@@ -200,14 +112,7 @@ fn choice_1000(c: &mut Criterion) {
         "allocate+release choosing among 1,000 pools (match is last)",
         |b| {
             b.iter(|| {
-                let a = e
-                    .allocate(&Request {
-                        app: "bench",
-                        node: "n",
-                        pools: &ids,
-                        family: Family::V4,
-                    })
-                    .unwrap();
+                let a = e.allocate(&request(&ids)).unwrap();
                 e.release(black_box(a.ip));
             })
         },
