@@ -72,6 +72,8 @@ mod cluster;
 mod generation;
 mod keys;
 mod options;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;

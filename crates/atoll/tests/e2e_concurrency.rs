@@ -26,7 +26,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-use common::{Agent, Binaries, Cni, Outcome, StateDir};
+use common::cni::Outcome;
+use common::{Agent, Binaries, Cni, StateDir};
 use serde_json::{json, Value};
 
 /// CNI error code: the agent cannot be reached, retry.
@@ -351,7 +352,7 @@ fn an_agent_killed_mid_storm_leaks_nothing() {
 
     let outcomes = {
         let mut agents = std::mem::take(&mut cluster.agents);
-        let mut victim = agents.remove(VICTIM);
+        let victim = agents.remove(VICTIM);
         // The cluster's calls need only the configs; the agents are held
         // here so that one can be killed while the others keep serving.
         let outcomes = std::thread::scope(|s| {

@@ -19,6 +19,7 @@
 //! need `cargo build --bins` (for atoll-ipam) and `/usr/bin/etcd`; no root,
 //! no network namespace: the plugin only decides addresses.
 
+mod common;
 mod etcd_common;
 
 use std::time::{Duration, Instant};
@@ -72,7 +73,7 @@ fn latency(outcomes: &[Outcome]) -> String {
 /// claims as the ledger: it caught up after its restart.
 fn assert_caught_up(etcd: &EtcdCluster, n: usize, ledger: &Ledger) {
     let mut seen = None;
-    let caught_up = etcd_common::wait_until(Duration::from_secs(30), || {
+    let caught_up = common::wait_until(Duration::from_secs(30), || {
         seen = etcd.local_count(n, CLAIMS_PREFIX);
         seen == Some(ledger.len() as u64)
     });

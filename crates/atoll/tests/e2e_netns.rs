@@ -20,7 +20,8 @@ use std::os::unix::fs::symlink;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::{Agent, Binaries, Cni, Outcome, StateDir};
+use common::cni::Outcome;
+use common::{Agent, Binaries, Cni, StateDir};
 use serde_json::{json, Value};
 
 /// CNI error code: the attachment does not hold the addresses of prevResult.

@@ -1,11 +1,6 @@
-//! A real three-member etcd cluster on 127.0.0.1 for the tests.
-//!
-//! Each member runs `/usr/bin/etcd` with its own data directory (under one
-//! temporary directory, on tmpfs when there is one) and its own ports:
-//! member `n` listens for clients on `base + 2n` and for peers on
-//! `base + 2n + 1`. Dropping the [`TestCluster`] kills every member and
-//! removes the data, also when the test panics; a panicking test prints the
-//! end of each member's log first.
+//! A real three-member etcd cluster on 127.0.0.1 for the tests: an
+//! [`EtcdCluster`] of `atoll_etcd::testing` on fixed ports, and the probes
+//! these tests ask it with (clients of the crate's client library).
 //!
 //! Also the claims storm the fault tests share ([`storm`], [`check_storm`],
 //! [`storm_with_a_member_killed`]).
@@ -16,20 +11,15 @@
 
 #![allow(dead_code)] // Each test binary uses a part of this module.
 
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::ops::{Deref, DerefMut};
+use std::path::Path;
 use std::sync::Once;
 use std::time::Duration;
 
+use atoll_etcd::testing::{EtcdCluster, Ports, MEMBERS};
 use atoll_store::{Attachment, Claim, Store};
 use etcd_client::{Client, ConnectOptions};
 use tokio::time::{sleep, Instant};
-
-const ETCD: &str = "/usr/bin/etcd";
-const MEMBERS: usize = 3;
 
 /// Logs of the crate under test, to stderr, when `RUST_LOG` asks for them.
 pub fn init_logging() {
@@ -42,29 +32,25 @@ pub fn init_logging() {
     });
 }
 
-/// PEM files of a cluster serving TLS.
-#[derive(Debug, Clone)]
-pub struct TlsFiles {
-    /// The CA of every certificate.
-    pub ca: PathBuf,
-    /// The members' certificate and key (for 127.0.0.1).
-    pub server_cert: PathBuf,
-    /// The members' key.
-    pub server_key: PathBuf,
-    /// A client certificate signed by the CA.
-    pub client_cert: PathBuf,
-    /// Its key.
-    pub client_key: PathBuf,
+/// A running three-member cluster on fixed ports (see the module docs),
+/// with the probes of these tests: clients of the crate's own client
+/// library. Starting, killing and the logs are [`EtcdCluster`]'s.
+pub struct TestCluster {
+    cluster: EtcdCluster,
 }
 
-/// A running three-member cluster.
-pub struct TestCluster {
-    dir: tempfile::TempDir,
-    base: u16,
-    children: Vec<Option<Child>>,
-    tls: Option<TlsFiles>,
-    /// Credentials of the helper's own clients, once auth is enabled.
-    pub user: Option<(String, String)>,
+impl Deref for TestCluster {
+    type Target = EtcdCluster;
+
+    fn deref(&self) -> &EtcdCluster {
+        &self.cluster
+    }
+}
+
+impl DerefMut for TestCluster {
+    fn deref_mut(&mut self) -> &mut EtcdCluster {
+        &mut self.cluster
+    }
 }
 
 impl TestCluster {
@@ -82,142 +68,18 @@ impl TestCluster {
 
     async fn start_with(base: u16, tls: bool) -> TestCluster {
         init_logging();
-        assert!(
-            Path::new(ETCD).exists(),
-            "{ETCD} is missing: apt-get install etcd-server"
-        );
-        for port in base..base + 2 * MEMBERS as u16 {
-            assert!(
-                TcpListener::bind(("127.0.0.1", port)).is_ok(),
-                "port {port} is in use: a stale etcd from an earlier run? (ports {base}..{})",
-                base + 2 * MEMBERS as u16
-            );
-        }
-        let shm = Path::new("/dev/shm");
-        let mut builder = tempfile::Builder::new();
-        builder.prefix("atoll-etcd-test-");
-        let dir = if shm.is_dir() {
-            builder.tempdir_in(shm)
-        } else {
-            builder.tempdir()
-        }
-        .expect("temporary directory");
-
-        let tls = tls.then(|| make_certificates(dir.path()));
-        let children = (0..MEMBERS).map(|_| None).collect();
-        let mut cluster = TestCluster {
-            dir,
-            base,
-            children,
-            tls,
-            user: None,
+        let cluster = TestCluster {
+            cluster: EtcdCluster::launch(Ports::Fixed(base), tls),
         };
-        for n in 0..MEMBERS {
-            cluster.spawn(n);
-        }
         for n in 0..MEMBERS {
             cluster.wait_member_ready(n, Duration::from_secs(30)).await;
         }
         cluster
     }
 
-    fn client_port(&self, n: usize) -> u16 {
-        self.base + 2 * n as u16
-    }
-
-    fn peer_url(&self, n: usize) -> String {
-        format!("http://127.0.0.1:{}", self.base + 2 * n as u16 + 1)
-    }
-
-    /// The client URL of member `n`.
-    pub fn endpoint(&self, n: usize) -> String {
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        format!("{scheme}://127.0.0.1:{}", self.client_port(n))
-    }
-
-    /// The certificates, for a cluster started with TLS.
-    pub fn tls(&self) -> Option<&TlsFiles> {
-        self.tls.as_ref()
-    }
-
-    /// Every client URL.
-    pub fn endpoints(&self) -> Vec<String> {
-        (0..MEMBERS).map(|n| self.endpoint(n)).collect()
-    }
-
-    /// `etcd:<every endpoint>`.
-    pub fn address(&self) -> String {
-        format!("etcd:{}", self.endpoints().join(","))
-    }
-
-    /// `etcd:<every endpoint>`, starting with member `first`, so that a
-    /// store opened on it prefers that member.
-    pub fn address_from(&self, first: usize) -> String {
-        let endpoints: Vec<String> = (0..MEMBERS)
-            .map(|n| self.endpoint((first + n) % MEMBERS))
-            .collect();
-        format!("etcd:{}", endpoints.join(","))
-    }
-
-    fn log_path(&self, n: usize) -> PathBuf {
-        self.dir.path().join(format!("m{n}.log"))
-    }
-
-    fn spawn(&mut self, n: usize) {
-        assert!(self.children[n].is_none(), "member {n} is running");
-        let initial: Vec<String> = (0..MEMBERS)
-            .map(|m| format!("m{m}={}", self.peer_url(m)))
-            .collect();
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(self.log_path(n))
-            .expect("log file");
-        let mut command = Command::new(ETCD);
-        if let Some(tls) = &self.tls {
-            command
-                .arg(format!("--cert-file={}", tls.server_cert.display()))
-                .arg(format!("--key-file={}", tls.server_key.display()))
-                .arg(format!("--trusted-ca-file={}", tls.ca.display()))
-                .arg("--client-cert-auth");
-        }
-        let child = command
-            .arg(format!("--name=m{n}"))
-            .arg(format!(
-                "--data-dir={}",
-                self.dir.path().join(format!("m{n}")).display()
-            ))
-            .arg(format!("--listen-client-urls={}", self.endpoint(n)))
-            .arg(format!("--advertise-client-urls={}", self.endpoint(n)))
-            .arg(format!("--listen-peer-urls={}", self.peer_url(n)))
-            .arg(format!(
-                "--initial-advertise-peer-urls={}",
-                self.peer_url(n)
-            ))
-            .arg(format!("--initial-cluster={}", initial.join(",")))
-            .arg(format!("--initial-cluster-token=atoll-test-{}", self.base))
-            .arg("--initial-cluster-state=new")
-            .arg("--logger=zap")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn etcd");
-        self.children[n] = Some(child);
-    }
-
-    /// Kills member `n` (SIGKILL) and waits for it to exit.
-    pub fn kill(&mut self, n: usize) {
-        let mut child = self.children[n]
-            .take()
-            .unwrap_or_else(|| panic!("member {n} is not running"));
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-
     /// Starts member `n` again on its data directory.
     pub fn restart(&mut self, n: usize) {
-        self.spawn(n);
+        self.cluster.spawn(n);
     }
 
     /// A plain client of member `n`: no failover, no leader required.
@@ -225,7 +87,7 @@ impl TestCluster {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_millis(500))
             .with_timeout(Duration::from_secs(1));
-        if let Some(tls) = &self.tls {
+        if let Some(tls) = self.tls() {
             let read = |path: &Path| std::fs::read(path).expect("certificate file");
             options = options.with_tls(
                 etcd_client::TlsOptions::new()
@@ -270,7 +132,7 @@ impl TestCluster {
     pub async fn leader(&self, within: Duration) -> usize {
         let deadline = Instant::now() + within;
         loop {
-            for n in (0..MEMBERS).filter(|n| self.children[*n].is_some()) {
+            for n in (0..MEMBERS).filter(|n| self.is_running(*n)) {
                 let mut client = self.member_client(n).await;
                 if let Ok(status) = client.status().await {
                     let me = status.header().map(|h| h.member_id()).unwrap_or_default();
@@ -316,122 +178,6 @@ impl TestCluster {
             .iter()
             .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
             .collect()
-    }
-
-    fn log_tail(&self, n: usize) -> String {
-        let Ok(mut file) = File::open(self.log_path(n)) else {
-            return String::new();
-        };
-        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let _ = file.seek(SeekFrom::Start(len.saturating_sub(3000)));
-        let mut text = String::new();
-        let _ = file.read_to_string(&mut text);
-        text
-    }
-}
-
-/// Makes a CA, a certificate for the members (IP 127.0.0.1) and a client
-/// certificate, with `openssl`, in `dir`.
-fn make_certificates(dir: &Path) -> TlsFiles {
-    let path = |name: &str| dir.join(name);
-    let run = |args: &[&str]| {
-        let status = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("run openssl (apt-get install openssl)");
-        assert!(status.success(), "openssl {args:?} failed");
-    };
-    let key = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    run(&[
-        &["req", "-x509"],
-        &key[..],
-        &[
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=atoll test CA",
-        ],
-    ]
-    .concat());
-    std::fs::write(
-        path("server.ext"),
-        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
-    )
-    .expect("write server.ext");
-    std::fs::write(path("client.ext"), "extendedKeyUsage=clientAuth\n").expect("write client.ext");
-    for who in ["server", "client"] {
-        let (key_file, csr, pem, ext) = (
-            format!("{who}.key"),
-            format!("{who}.csr"),
-            format!("{who}.pem"),
-            format!("{who}.ext"),
-        );
-        run(&[
-            &["req"],
-            &key[..],
-            &[
-                "-keyout",
-                &key_file,
-                "-out",
-                &csr,
-                "-subj",
-                &format!("/CN=atoll-{who}"),
-            ],
-        ]
-        .concat());
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            &pem,
-            "-days",
-            "2",
-            "-extfile",
-            &ext,
-        ]);
-    }
-    TlsFiles {
-        ca: path("ca.pem"),
-        server_cert: path("server.pem"),
-        server_key: path("server.key"),
-        client_cert: path("client.pem"),
-        client_key: path("client.key"),
-    }
-}
-
-impl Drop for TestCluster {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for n in 0..MEMBERS {
-                eprintln!("--- end of etcd member {n} log ---\n{}", self.log_tail(n));
-            }
-        }
-        for child in self.children.iter_mut().filter_map(Option::take) {
-            let mut child = child;
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        // The TempDir removes the data directories after this.
     }
 }
 

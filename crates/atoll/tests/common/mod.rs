@@ -1,58 +1,36 @@
-//! Shared helpers of the end-to-end tests: the real binaries, real agents on
-//! one SQLite file, and plugin invocations the way a runtime makes them.
+//! Shared helpers of the end-to-end tests: the real binaries, real agents,
+//! and plugin invocations the way a runtime makes them.
 //!
 //! Nothing here is a double. An [`Agent`] is an `atoll agent` process; a
 //! [`Cni`] call executes a plugin binary with the CNI variables in its
-//! environment and the network config on stdin; [`claims`] reads the store
-//! file the agents write.
+//! environment and the network config on stdin; [`claims`] reads the SQLite
+//! file the agents write. The tests on etcd (`e2e_etcd`) use the agents and
+//! the plugin calls of this module through their own `etcd_common`.
 //!
 //! Every resource a helper creates is released by a `Drop`, so that a failed
 //! assertion (a panic) still stops the agents and removes the files.
 
-// Each test binary compiles this module and uses a part of it.
+// Each test binary (e2e_netns, e2e_concurrency, e2e_etcd) compiles this
+// module and uses a different part of it; the rest would warn as dead code.
 #![allow(dead_code)]
 
+pub mod agent;
+pub mod cni;
+
+pub use agent::{binaries, Agent, Binaries};
+pub use cni::Cni;
+
 use std::fs;
-use std::io::Write as _;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use atoll_store::Claim;
 use serde_json::Value;
 
-/// How long an agent may take to answer on its socket after it starts.
-pub const AGENT_START: Duration = Duration::from_secs(30);
-
 /// The CNI plugins of the host (Debian's containernetworking-plugins).
 pub const HOST_CNI_DIR: &str = "/usr/lib/cni";
-
-/// The two binaries under test.
-#[derive(Debug, Clone)]
-pub struct Binaries {
-    /// `atoll`: agent and CLI.
-    pub atoll: PathBuf,
-    /// `atoll-ipam`: the plugin.
-    pub ipam: PathBuf,
-}
-
-/// Finds `atoll` (built by cargo for this test) and `atoll-ipam` beside it.
-///
-/// `atoll-ipam` belongs to another package, so cargo does not build it for
-/// the tests of this one; it must come from `cargo build --bins`.
-pub fn binaries() -> Binaries {
-    let atoll = PathBuf::from(env!("CARGO_BIN_EXE_atoll"));
-    let ipam = atoll.with_file_name("atoll-ipam");
-    assert!(
-        ipam.is_file(),
-        "{} not found beside {}: run `cargo build --bins` first (atoll-ipam is another \
-         package, so `cargo test -p atoll` does not build it)",
-        ipam.display(),
-        atoll.display()
-    );
-    Binaries { atoll, ipam }
-}
 
 /// Returns true if and only if the process runs as root.
 pub fn is_root() -> bool {
@@ -213,252 +191,6 @@ pub fn apply(bins: &Binaries, store: &str, dir: &Path, manifest: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// One `atoll agent` process standing for one node.
-pub struct Agent {
-    /// The node name.
-    pub node: String,
-    /// The socket the plugin talks to.
-    pub socket: PathBuf,
-    labels: String,
-    store: String,
-    program: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Agent {
-    /// Starts the agent of `node` with `labels` (`k=v,...`) and waits until
-    /// its socket accepts connections.
-    pub fn start(bins: &Binaries, state: &StateDir, node: &str, labels: &str) -> Self {
-        let mut agent = Agent {
-            node: node.to_string(),
-            socket: state.path(&format!("{node}.sock")),
-            labels: labels.to_string(),
-            store: state.store(),
-            program: bins.atoll.clone(),
-            log: state.path(&format!("{node}.log")),
-            child: None,
-        };
-        agent.spawn();
-        agent
-    }
-
-    fn spawn(&mut self) {
-        assert!(self.child.is_none(), "agent {} runs already", self.node);
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("opening the agent log");
-        let child = Command::new(&self.program)
-            .args([
-                "agent",
-                "--node-name",
-                &self.node,
-                "--node-labels",
-                &self.labels,
-            ])
-            .args(["--store", &self.store, "--socket"])
-            .arg(&self.socket)
-            .env("ATOLL_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting atoll agent");
-        self.child = Some(child);
-
-        let socket = self.socket.clone();
-        let child = self.child.as_mut().expect("just set");
-        let mut exited = None;
-        let up = wait_until(AGENT_START, || {
-            if let Ok(Some(status)) = child.try_wait() {
-                exited = Some(status);
-                return true;
-            }
-            std::os::unix::net::UnixStream::connect(&socket).is_ok()
-        });
-        if let Some(status) = exited {
-            panic!(
-                "agent {} exited ({status}) before serving: {}",
-                self.node,
-                self.log_text()
-            );
-        }
-        assert!(
-            up,
-            "agent {} did not serve {} within {AGENT_START:?}: {}",
-            self.node,
-            self.socket.display(),
-            self.log_text()
-        );
-    }
-
-    /// The process ID, while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    /// Kills the agent with SIGKILL, as a crash would: no cleanup, the socket
-    /// file stays behind.
-    pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts the agent again, on the same socket and store.
-    pub fn restart(&mut self) {
-        self.kill9();
-        self.spawn();
-    }
-
-    /// What the agent wrote to stderr.
-    pub fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log = self.log_text();
-            let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            if !tail.is_empty() {
-                eprintln!("--- last lines of the log of agent {} ---", self.node);
-                tail.iter().rev().for_each(|l| eprintln!("{l}"));
-            }
-        }
-        self.kill9();
-    }
-}
-
-/// A plugin invocation: what a runtime puts in the environment and on stdin.
-#[derive(Debug, Clone)]
-pub struct Cni<'a> {
-    /// `CNI_COMMAND`.
-    pub command: &'a str,
-    /// `CNI_CONTAINERID`.
-    pub container_id: &'a str,
-    /// `CNI_NETNS`.
-    pub netns: &'a str,
-    /// `CNI_IFNAME`.
-    pub ifname: &'a str,
-    /// `CNI_ARGS`.
-    pub args: &'a str,
-    /// `CNI_PATH`.
-    pub path: &'a Path,
-}
-
-impl<'a> Cni<'a> {
-    /// An invocation with `IgnoreUnknown=1` in `CNI_ARGS`, as kubelet sends.
-    pub fn new(command: &'a str, container_id: &'a str, netns: &'a str, path: &'a Path) -> Self {
-        Self {
-            command,
-            container_id,
-            netns,
-            ifname: "eth0",
-            args: "IgnoreUnknown=1",
-            path,
-        }
-    }
-
-    /// Executes `plugin` with `config` on stdin.
-    pub fn exec(&self, plugin: &Path, config: &Value) -> Outcome {
-        let mut child = Command::new(plugin)
-            .env_clear()
-            .env("CNI_COMMAND", self.command)
-            .env("CNI_CONTAINERID", self.container_id)
-            .env("CNI_NETNS", self.netns)
-            .env("CNI_IFNAME", self.ifname)
-            .env("CNI_ARGS", self.args)
-            .env("CNI_PATH", self.path)
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot execute {}: {e}", plugin.display()));
-        child
-            .stdin
-            .take()
-            .expect("piped stdin")
-            .write_all(config.to_string().as_bytes())
-            .expect("writing the network config");
-        let out = child.wait_with_output().expect("waiting for the plugin");
-        Outcome {
-            what: format!(
-                "{} {} via {}",
-                self.command,
-                self.container_id,
-                plugin.display()
-            ),
-            success: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-}
-
-/// What a plugin answered.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    /// The invocation, for messages.
-    pub what: String,
-    /// Exit status 0.
-    pub success: bool,
-    /// Stdout: a result, an error object, or nothing.
-    pub stdout: String,
-    /// Stderr.
-    pub stderr: String,
-}
-
-impl Outcome {
-    /// The result of a successful call (`null` when stdout is empty); panics
-    /// with the error object otherwise.
-    pub fn ok(&self) -> Value {
-        assert!(
-            self.success,
-            "{} failed: {}{}",
-            self.what, self.stdout, self.stderr
-        );
-        if self.stdout.trim().is_empty() {
-            return Value::Null;
-        }
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("{}: stdout is not JSON ({e}): {}", self.what, self.stdout))
-    }
-
-    /// The CNI error code of a failed call; panics if the call succeeded or
-    /// printed no error object.
-    pub fn error_code(&self) -> u64 {
-        assert!(
-            !self.success,
-            "{} succeeded, expected an error: {}",
-            self.what, self.stdout
-        );
-        let err: Value = serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
-            panic!(
-                "{}: no CNI error object on stdout ({e}): {}{}",
-                self.what, self.stdout, self.stderr
-            )
-        });
-        err["code"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("{}: error object without a code: {err}", self.what))
-    }
-
-    /// The first address of an ADD result, as (address, prefix length).
-    pub fn first_ip(&self) -> (Ipv4Addr, u8) {
-        let result = self.ok();
-        let cidr = result["ips"][0]["address"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{}: result without ips[0].address: {result}", self.what));
-        parse_cidr(cidr)
-    }
 }
 
 /// Every claim in the store the agents write.

@@ -15,28 +15,25 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::ops::Deref;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use atoll_etcd::testing::temp_dir;
 use atoll_store::Claim;
 use serde_json::{json, Value};
 
-use super::etcd::temp_dir;
-use super::wait_until;
+use crate::common::{binaries, cni, Agent, Binaries, Cni};
 
 /// CNI error code: the agent or the store cannot be reached; retry.
 pub const TRY_AGAIN_LATER: u64 = 11;
 
 /// Plugin processes running at once in a storm.
 pub const PARALLEL: usize = 32;
-
-/// How long an agent may take to serve its socket after it starts.
-pub const AGENT_START: Duration = Duration::from_secs(30);
 
 /// The namespace and name of the application bound to the three pools.
 pub const APP: &str = "storm/web";
@@ -133,164 +130,6 @@ pub fn manifest() -> String {
     out
 }
 
-/// The two binaries under test.
-#[derive(Debug, Clone)]
-pub struct Binaries {
-    /// `atoll`: agent and CLI.
-    pub atoll: PathBuf,
-    /// `atoll-ipam`: the plugin.
-    pub ipam: PathBuf,
-}
-
-/// Finds `atoll` (built by cargo for this test) and `atoll-ipam` beside it.
-///
-/// `atoll-ipam` belongs to another package, so `cargo test -p atoll` does
-/// not build it; it comes from `cargo build --bins`.
-pub fn binaries() -> Binaries {
-    let atoll = PathBuf::from(env!("CARGO_BIN_EXE_atoll"));
-    let ipam = atoll.with_file_name("atoll-ipam");
-    assert!(
-        ipam.is_file(),
-        "{} not found beside {}: run `cargo build --bins` first",
-        ipam.display(),
-        atoll.display()
-    );
-    Binaries { atoll, ipam }
-}
-
-/// One `atoll agent` process standing for one node. Killing and starting it
-/// takes `&self`, so that a test can do it while a storm runs through the
-/// same fleet.
-pub struct Agent {
-    /// The node name.
-    pub node: String,
-    /// The socket the plugin talks to.
-    pub socket: PathBuf,
-    labels: String,
-    store: String,
-    program: PathBuf,
-    log: PathBuf,
-    child: Mutex<Option<Child>>,
-}
-
-impl Agent {
-    fn new(bins: &Binaries, dir: &Path, store: &str, node: usize) -> Agent {
-        let name = node_name(node);
-        Agent {
-            socket: dir.join(format!("{name}.sock")),
-            log: dir.join(format!("{name}.log")),
-            labels: format!("zone={}", zones()[zone_of(node)].name),
-            store: store.to_string(),
-            program: bins.atoll.clone(),
-            node: name,
-            child: Mutex::new(None),
-        }
-    }
-
-    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
-        self.child.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Starts the process; does not wait for it to serve.
-    fn spawn(&self) {
-        let mut slot = self.slot();
-        assert!(slot.is_none(), "agent {} runs already", self.node);
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("opening the agent's log");
-        let child = Command::new(&self.program)
-            .args([
-                "agent",
-                "--node-name",
-                &self.node,
-                "--node-labels",
-                &self.labels,
-            ])
-            .args(["--store", &self.store, "--socket"])
-            .arg(&self.socket)
-            .env("ATOLL_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting atoll agent");
-        *slot = Some(child);
-    }
-
-    /// Waits until the socket accepts connections; panics with the log if
-    /// the agent exits or does not serve within [`AGENT_START`].
-    fn wait_serving(&self) {
-        let mut exited = None;
-        let up = wait_until(AGENT_START, || {
-            if let Some(child) = self.slot().as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    exited = Some(status);
-                    return true;
-                }
-            }
-            std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
-        });
-        if let Some(status) = exited {
-            panic!("agent {} exited ({status}): {}", self.node, self.log_text());
-        }
-        assert!(
-            up,
-            "agent {} did not serve {} within {AGENT_START:?}: {}",
-            self.node,
-            self.socket.display(),
-            self.log_text()
-        );
-    }
-
-    /// Kills the agent with SIGKILL, as a crash would: no cleanup, the
-    /// socket file stays behind.
-    pub fn kill9(&self) {
-        if let Some(mut child) = self.slot().take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts the agent again on the same socket and store, and waits until
-    /// it serves.
-    pub fn restart(&self) {
-        self.kill9();
-        self.spawn();
-        self.wait_serving();
-    }
-
-    /// The process ID, while the agent runs and has not exited.
-    pub fn running_pid(&self) -> Option<u32> {
-        let mut slot = self.slot();
-        let child = slot.as_mut()?;
-        matches!(child.try_wait(), Ok(None)).then(|| child.id())
-    }
-
-    /// What the agent wrote to stderr.
-    pub fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log = self.log_text();
-            let tail: Vec<&str> = log.lines().rev().take(10).collect();
-            if !tail.is_empty() {
-                eprintln!(
-                    "--- last lines of the log of the agent of {} ---",
-                    self.node
-                );
-                tail.iter().rev().for_each(|l| eprintln!("{l}"));
-            }
-        }
-        self.kill9();
-    }
-}
-
 /// One container a runtime starts on one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
@@ -315,86 +154,35 @@ pub fn jobs(prefix: &str, count: usize, nodes: usize) -> Vec<Job> {
         .collect()
 }
 
-/// What one plugin call answered.
+/// What one plugin call of a fleet answered: the plugin's answer (its
+/// fields and checks reached through `Deref`), with the job and the time.
 #[derive(Debug, Clone)]
 pub struct Outcome {
     /// The call.
     pub job: Job,
-    /// `CNI_COMMAND`.
-    pub command: String,
-    /// Exit status 0.
-    pub success: bool,
-    /// A result, an error object, or nothing.
-    pub stdout: String,
-    /// The plugin's log.
-    pub stderr: String,
     /// From exec to exit.
     pub took: Duration,
+    /// What the plugin answered.
+    pub plugin: cni::Outcome,
+}
+
+impl Deref for Outcome {
+    type Target = cni::Outcome;
+
+    fn deref(&self) -> &cni::Outcome {
+        &self.plugin
+    }
 }
 
 impl Outcome {
-    fn what(&self) -> String {
-        format!(
-            "{} {} on {}",
-            self.command,
-            self.job.container,
-            node_name(self.job.node)
-        )
-    }
-
-    /// The CNI error code of a failed call; panics if the call succeeded or
-    /// printed no error object.
-    pub fn code(&self) -> u64 {
-        assert!(!self.success, "{} succeeded: {}", self.what(), self.stdout);
-        let err: Value = serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
-            panic!(
-                "{}: no CNI error object on stdout ({e}): {}{}",
-                self.what(),
-                self.stdout,
-                self.stderr
-            )
-        });
-        err["code"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("{}: error object without a code: {err}", self.what()))
-    }
-
-    /// The address and prefix length of a successful ADD; panics with the
-    /// error object otherwise.
-    pub fn address(&self) -> (Ipv4Addr, u8) {
-        assert!(
-            self.success,
-            "{} failed: {}{}",
-            self.what(),
-            self.stdout,
-            self.stderr
-        );
-        let result: Value = serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
-            panic!("{}: result is not JSON ({e}): {}", self.what(), self.stdout)
-        });
-        let cidr = result["ips"][0]["address"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{}: result without ips[0].address: {result}", self.what()));
-        let (ip, len) = cidr
-            .split_once('/')
-            .unwrap_or_else(|| panic!("{}: {cidr:?} is not in CIDR form", self.what()));
-        let ip = ip
-            .parse()
-            .unwrap_or_else(|e| panic!("{}: {cidr:?}: {e}", self.what()));
-        let len = len
-            .parse()
-            .unwrap_or_else(|e| panic!("{}: {cidr:?}: {e}", self.what()));
-        (ip, len)
-    }
-
     /// Panics unless the call failed with "try again later", the only
     /// answer a fault of the store or of an agent may give.
     pub fn assert_try_again(&self) {
         assert_eq!(
-            self.code(),
+            self.error_code(),
             TRY_AGAIN_LATER,
             "{} failed with another code than try-again-later: {}",
-            self.what(),
+            self.what,
             self.stdout
         );
     }
@@ -497,7 +285,10 @@ impl Fleet {
         fleet.cli_ok(&["apply", "-f", &file]);
 
         fleet.agents = (0..nodes)
-            .map(|n| Agent::new(&fleet.bins, fleet.dir.path(), store, n))
+            .map(|n| {
+                let labels = format!("zone={}", zones()[zone_of(n)].name);
+                Agent::new(&fleet.bins, fleet.dir.path(), store, &node_name(n), &labels)
+            })
             .collect();
         fleet.agents.iter().for_each(Agent::spawn);
         fleet.agents.iter().for_each(Agent::wait_serving);
@@ -542,38 +333,20 @@ impl Fleet {
 
     /// Executes the plugin as a runtime does.
     fn exec(&self, command: &str, job: &Job, args: &str, config: &Value) -> Outcome {
+        let netns = format!("/run/netns/{}", job.container);
+        let cni_path = self.bins.ipam.parent().unwrap_or(Path::new("/"));
+        let call = Cni {
+            args,
+            ..Cni::new(command, &job.container, &netns, cni_path)
+        };
         let started = Instant::now();
-        let mut child = Command::new(&self.bins.ipam)
-            .env_clear()
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", &job.container)
-            .env("CNI_NETNS", format!("/run/netns/{}", job.container))
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_ARGS", args)
-            .env(
-                "CNI_PATH",
-                self.bins.ipam.parent().unwrap_or(Path::new("/")),
-            )
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot execute {}: {e}", self.bins.ipam.display()));
-        child
-            .stdin
-            .take()
-            .expect("piped stdin")
-            .write_all(config.to_string().as_bytes())
-            .expect("writing the network config");
-        let out = child.wait_with_output().expect("waiting for the plugin");
+        let mut plugin = call.exec(&self.bins.ipam, config);
+        let took = started.elapsed();
+        plugin.what = format!("{command} {} on {}", job.container, node_name(job.node));
         Outcome {
             job: job.clone(),
-            command: command.to_string(),
-            success: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            took: started.elapsed(),
+            took,
+            plugin,
         }
     }
 
@@ -681,7 +454,7 @@ impl Ledger {
     /// node's zone, and a container added before must get the same address
     /// again (ADD is idempotent).
     pub fn added(&mut self, out: &Outcome) {
-        let (ip, len) = out.address();
+        let (ip, len) = out.first_ip();
         let zone = &zones()[zone_of(out.job.node)];
         assert!(
             zone.contains(ip) && len == zone.len,

@@ -2,38 +2,24 @@
 //!
 //! Nothing here is a double: [`etcd::EtcdCluster`] runs three
 //! `/usr/bin/etcd` processes, [`fleet::Fleet`] runs one `atoll agent`
-//! process per node against them, and every plugin call executes the real
-//! `atoll-ipam` binary with the CNI variables in its environment and the
-//! network config on stdin. The state is read back with the operator's
-//! tools: `atoll get allocations -o json`, `atoll check`, `etcdctl`.
+//! process per node against them (`crate::common::Agent`), and every plugin
+//! call executes the real `atoll-ipam` binary with the CNI variables in its
+//! environment and the network config on stdin (`crate::common::Cni`).
+//! The state is read back with the operator's tools: `atoll get allocations
+//! -o json`, `atoll check`, `etcdctl`.
 //!
 //! Every process a helper starts is killed by a `Drop`, so that a failed
 //! assertion (a panic) still stops the agents and the members and removes
 //! their files.
 
-// Each test binary compiles this module and may use a part of it.
+// The test binary uses a part of this module; the rest would warn as dead
+// code.
 #![allow(dead_code)]
 
 pub mod etcd;
 pub mod fleet;
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
-
-/// Polls `ready` every 20 ms until it returns true (then true) or `within`
-/// passes (then false).
-pub fn wait_until(within: Duration, mut ready: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if ready() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// Holds every other test of this binary off while one runs.
 ///
