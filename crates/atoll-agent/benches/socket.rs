@@ -15,6 +15,10 @@ use tokio::net::UnixStream;
 
 /// Clients at once; `ATOLL_BENCH_CLIENTS` overrides.
 const CLIENTS: usize = 32;
+
+// The allocator the `atoll` binary uses.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Requests per client and verb.
 const PER_CLIENT: usize = 500;
 

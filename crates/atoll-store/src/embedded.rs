@@ -9,7 +9,9 @@
 //! - `meta (name, value)`: the counters `generation` (bumped by every
 //!   [`Store::apply`]) and `revision`.
 //! - `claims`: one row per held address, primary key (subnet, ip), indexed
-//!   by holder (container ID, interface) and by node.
+//!   by holder (container ID, interface). Listing one node's claims (GC, the
+//!   CLI) scans the table: rare enough that an index, which every claim would
+//!   have to write, does not pay.
 //!
 //! # Why a claim is atomic
 //! A claim is one `INSERT` that does nothing when the primary key (subnet,
@@ -126,7 +128,6 @@ CREATE TABLE claims (
 ) STRICT, WITHOUT ROWID;
 
 CREATE INDEX claims_by_holder ON claims (container_id, ifname);
-CREATE INDEX claims_by_node ON claims (node);
 ";
 
 const CLAIM_COLUMNS: &str =

@@ -85,16 +85,7 @@ async fn open_creates_directories_wal_file_and_schema() {
         .collect::<Result<_, _>>()
         .unwrap();
     names.retain(|n| !n.starts_with("sqlite_"));
-    assert_eq!(
-        names,
-        [
-            "claims",
-            "claims_by_holder",
-            "claims_by_node",
-            "meta",
-            "objects"
-        ]
-    );
+    assert_eq!(names, ["claims", "claims_by_holder", "meta", "objects"]);
 }
 
 #[tokio::test]
