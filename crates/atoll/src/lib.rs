@@ -38,7 +38,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .try_init();
 
+    // Blocking work is the store's reads; a few threads serve them, and each
+    // thread more would keep its own allocator caches resident.
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(8)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
