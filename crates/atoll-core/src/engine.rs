@@ -314,11 +314,6 @@ impl Engine {
         );
     }
 
-    /// Forgets a node.
-    pub fn remove_node(&mut self, name: &str) {
-        self.nodes.remove(name);
-    }
-
     /// The labels of a registered node.
     pub fn node_labels(&self, name: &str) -> Option<&StringMap> {
         self.nodes.get(name).map(|n| &n.labels)

@@ -298,6 +298,7 @@ proptest! {
                                 prop_assert!(model.pool_ips_hold(a.ip).is_none(), "borrowed from another pool");
                                 prop_assert!(pool.spec.auto_extend.as_ref().is_some_and(|x| x.enabled));
                             }
+                            prop_assert!(!engine.is_free(a.ip), "{} still offered", a.ip);
                             model.held.insert(a.ip, (pool.metadata.name.clone(), node.metadata.name.clone()));
                         }
                         Err(AllocError::Exhausted { .. }) | Err(AllocError::NoPoolMatches { .. }) | Err(AllocError::NoPools { .. }) => {
@@ -325,6 +326,7 @@ proptest! {
                     let ip = *model.held.keys().nth(which % model.held.len()).unwrap();
                     model.held.remove(&ip);
                     prop_assert!(engine.release(ip), "{} was held", ip);
+                    prop_assert!(engine.is_free(ip), "{} not offered again", ip);
                     prop_assert!(!engine.release(ip), "{} released twice", ip);
                 }
                 Op::Jump { pool } => engine.jump(pool % pool_count),
