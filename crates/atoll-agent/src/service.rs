@@ -30,7 +30,10 @@ use atoll_core::binding::{
 use atoll_core::error::describe_labels;
 use atoll_core::resource::{Dns, IPPool, Namespace, Node, Route, StringMap, Subnet, Workload};
 use atoll_core::{AllocError, Catalog, Engine, Family, Request};
-use atoll_store::{workload_key, Attachment, Claim, ClaimOutcome, Kind, SharedStore, StoreError};
+use atoll_store::{
+    workload_key, Attachment, Claim, ClaimEvent, ClaimOutcome, Kind, SharedStore, StoreError,
+};
+use tokio::sync::broadcast;
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
@@ -236,6 +239,42 @@ impl Service {
         };
         service.refresh(true).await?;
         Ok(service)
+    }
+
+    /// Follows the store's claim feed, when it has one (etcd), so that the
+    /// engine learns what other agents claim and release: fewer lost races,
+    /// and released addresses seen without re-listing. Returns the task, or
+    /// None for a store without a feed.
+    pub fn follow_claims(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        let mut events = self.store.claim_events()?;
+        let service = Arc::clone(self);
+        Some(tokio::spawn(async move {
+            loop {
+                let event = events.recv().await;
+                match event {
+                    Ok(ClaimEvent::Held(c)) => {
+                        service.state.lock().await.engine.hold(c.ip, Some(&c.pool));
+                    }
+                    Ok(ClaimEvent::Released(c)) => {
+                        let mut state = service.state.lock().await;
+                        if let Some(claims) = state.held.get_mut(&c.attachment) {
+                            claims.retain(|x| x.ip != c.ip);
+                            if claims.is_empty() {
+                                state.held.remove(&c.attachment);
+                            }
+                        }
+                        state.engine.release(c.ip);
+                    }
+                    Ok(ClaimEvent::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        debug!(node = %service.node, "claim feed asks for a re-list");
+                        if let Err(e) = service.refresh(true).await {
+                            warn!(node = %service.node, error = %e, "re-list after the claim feed failed");
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        }))
     }
 
     /// The node this service allocates for.

@@ -68,6 +68,7 @@
 
 #![warn(missing_docs)]
 
+mod claims;
 mod cluster;
 mod generation;
 mod keys;
@@ -83,7 +84,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use atoll_store::{Attachment, Change, Claim, ClaimOutcome, Kind, Object, Store, StoreError};
+use atoll_store::{
+    Attachment, Change, Claim, ClaimEvent, ClaimOutcome, Kind, Object, Store, StoreError,
+};
 use etcd_client::{
     Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
 };
@@ -107,12 +110,16 @@ const LIST_RESTARTS: usize = 3;
 const RELEASE_TRIES: usize = 8;
 
 /// The etcd store. Cheap to share behind an `Arc`; dropping it stops its
-/// generation watch.
+/// watches.
 pub struct EtcdStore {
     cluster: Arc<Cluster>,
     layout: Layout,
     generation: Arc<GenerationCache>,
     watcher: JoinHandle<()>,
+    /// The claims feed, started by the first [`Store::claim_events`] call
+    /// (an agent), not by one-shot CLI commands.
+    claims_feed: std::sync::OnceLock<(tokio::sync::broadcast::Sender<ClaimEvent>, JoinHandle<()>)>,
+    runtime: tokio::runtime::Handle,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -127,8 +134,14 @@ impl std::fmt::Debug for EtcdStore {
 impl Drop for EtcdStore {
     fn drop(&mut self) {
         self.watcher.abort();
+        if let Some((_, task)) = self.claims_feed.get() {
+            task.abort();
+        }
     }
 }
+
+/// How many claim events a slow agent may fall behind before it re-lists.
+const CLAIM_EVENTS: usize = 4096;
 
 /// Opens `etcd:<endpoint>[,<endpoint>...]`.
 ///
@@ -162,6 +175,8 @@ pub async fn open(address: &str, opts: EtcdOptions) -> Result<EtcdStore, StoreEr
         layout,
         generation,
         watcher,
+        claims_feed: std::sync::OnceLock::new(),
+        runtime,
     })
 }
 
@@ -660,6 +675,19 @@ impl Store for EtcdStore {
     ///
     /// # Errors
     /// [`StoreError::Unavailable`], [`StoreError::Corrupt`].
+    fn claim_events(&self) -> Option<tokio::sync::broadcast::Receiver<ClaimEvent>> {
+        let (sender, _) = self.claims_feed.get_or_init(|| {
+            let (sender, _) = tokio::sync::broadcast::channel(CLAIM_EVENTS);
+            let task = self.runtime.spawn(claims::follow(
+                self.cluster.clone(),
+                self.layout.claims(),
+                sender.clone(),
+            ));
+            (sender, task)
+        });
+        Some(sender.subscribe())
+    }
+
     async fn list_claims(&self, node: Option<&str>) -> Result<Vec<Claim>, StoreError> {
         let prefix = match node {
             Some(node) => self.layout.node(node),

@@ -285,3 +285,42 @@ async fn an_unreachable_cluster_fails_fast_naming_the_endpoints() {
         Err(StoreError::Unavailable { .. })
     ));
 }
+
+async fn next(
+    events: &mut tokio::sync::broadcast::Receiver<atoll_store::ClaimEvent>,
+) -> atoll_store::ClaimEvent {
+    tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .expect("an event within 10 s")
+        .expect("the feed is open")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feeds_claims_and_releases_by_another_store() {
+    let cluster = TestCluster::start(23900).await;
+    let watcher = open_store(&cluster, "feed").await;
+    let writer = open_store(&cluster, "feed").await;
+    let mut events = watcher.claim_events().expect("etcd has a claim feed");
+
+    // The first event says the watch is up: events before it are not replayed.
+    assert_eq!(next(&mut events).await, atoll_store::ClaimEvent::Resync);
+
+    let c = claim("rack-a", "10.0.0.9", "c9", "node-2");
+    assert_eq!(writer.claim(&c).await.unwrap(), ClaimOutcome::Won);
+    let atoll_store::ClaimEvent::Held(held) = next(&mut events).await else {
+        panic!("expected Held");
+    };
+    assert_eq!(
+        (held.ip, &held.attachment, &held.node),
+        (c.ip, &c.attachment, &c.node)
+    );
+
+    assert!(writer
+        .release(&c.subnet, c.ip, &c.attachment)
+        .await
+        .unwrap());
+    let atoll_store::ClaimEvent::Released(gone) = next(&mut events).await else {
+        panic!("expected Released");
+    };
+    assert_eq!((gone.ip, gone.attachment), (c.ip, c.attachment));
+}

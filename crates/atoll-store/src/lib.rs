@@ -180,6 +180,17 @@ pub enum ClaimOutcome {
     },
 }
 
+/// A change to the claims, as a store that can watch them reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimEvent {
+    /// A claim was written.
+    Held(Claim),
+    /// A claim was deleted.
+    Released(Claim),
+    /// Events may have been missed (a watch was lost and made again): re-list.
+    Resync,
+}
+
 /// Failures of a store operation.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -306,6 +317,15 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// # Errors
     /// [`StoreError::Unavailable`], [`StoreError::Corrupt`].
     async fn list_claims(&self, node: Option<&str>) -> Result<Vec<Claim>, StoreError>;
+
+    /// A feed of claim changes by every writer, for caches, if the backend
+    /// can watch (etcd). None when it cannot (the embedded store, where a
+    /// lost race costs a local transaction only). A feed may lag or drop
+    /// events; it then sends [`ClaimEvent::Resync`], or the receiver reports
+    /// that it lagged: either way the cache re-lists.
+    fn claim_events(&self) -> Option<tokio::sync::broadcast::Receiver<ClaimEvent>> {
+        None
+    }
 }
 
 /// A shared store.

@@ -137,13 +137,12 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("starting the agent of node {}", args.node_name))?;
     tracing::info!(node = %args.node_name, socket = %args.socket.display(), "agent serving");
-    atoll_agent::serve(
-        Arc::new(service),
-        listener,
-        args.socket.clone(),
-        shutdown_signal(),
-    )
-    .await;
+    let service = Arc::new(service);
+    let follower = service.follow_claims();
+    atoll_agent::serve(service, listener, args.socket.clone(), shutdown_signal()).await;
+    if let Some(task) = follower {
+        task.abort();
+    }
     Ok(())
 }
 
