@@ -252,9 +252,12 @@ impl Service {
             loop {
                 let event = events.recv().await;
                 match event {
-                    Ok(ClaimEvent::Held(c)) => {
-                        service.state.lock().await.engine.hold(c.ip, Some(&c.pool));
+                    Ok(ClaimEvent::Held(c)) if c.node != service.node => {
+                        let mut state = service.state.lock().await;
+                        state.engine.hold_claimed_elsewhere(c.ip, &c.pool);
                     }
+                    // This agent's own claims are in its engine already.
+                    Ok(ClaimEvent::Held(_)) => {}
                     Ok(ClaimEvent::Released(c)) => {
                         let mut state = service.state.lock().await;
                         if let Some(claims) = state.held.get_mut(&c.attachment) {

@@ -142,6 +142,10 @@ pub struct Engine {
     usable: Vec<u64>,
 }
 
+/// How far ahead of a cursor another writer's claim means it allocates
+/// where this engine does.
+const NEAR_CURSOR: u128 = 64;
+
 /// The address `seed` places into a set (modulo its size); 0 for an empty set.
 fn nth_address(set: &crate::rangeset::RangeSet, seed: u128) -> u128 {
     let total = set.len();
@@ -524,6 +528,23 @@ impl Engine {
                 tried: choice.skipped,
             }
         }
+    }
+
+    /// Marks held an address another writer (another node's agent) just
+    /// claimed, as a claim feed reports it. When it lies just ahead of this
+    /// engine's cursor in the same pool, the other writer allocates where
+    /// this one does, and following it would mean racing it for every next
+    /// address: the cursor jumps away instead.
+    pub fn hold_claimed_elsewhere(&mut self, ip: IpAddr, pool: &str) -> Hold {
+        let held = self.hold(ip, Some(pool));
+        if let Hold::Held { pool: Some(id), .. } = held {
+            let v = ip_to_u128(ip);
+            let cursor = self.pools[id].cursor;
+            if v >= cursor && v - cursor <= NEAR_CURSOR {
+                self.jump(id);
+            }
+        }
+        held
     }
 
     /// Moves a pool's cursor far ahead (0.618 of the pool, wrapping). The

@@ -327,3 +327,26 @@ fn a_jump_moves_the_cursor_far_ahead_and_wraps() {
         "wrapped"
     );
 }
+
+#[test]
+fn a_claim_elsewhere_just_ahead_of_the_cursor_makes_it_jump() {
+    let y = subnet("s", "10.1.0.0/24", "10.1.0.1")
+        + &pool("p", "s", "10.1.0.10-10.1.0.109", "zone1", "");
+    let mut e = engine(catalog(&y));
+    assert_eq!(
+        alloc(&mut e, "node-1", &["p"]).unwrap().0.to_string(),
+        "10.1.0.10"
+    );
+
+    // Far from the cursor: held, no jump.
+    e.hold_claimed_elsewhere("10.1.0.100".parse().unwrap(), "p");
+    assert_eq!(
+        alloc(&mut e, "node-1", &["p"]).unwrap().0.to_string(),
+        "10.1.0.11"
+    );
+
+    // Right where this engine allocates next: it leaves.
+    e.hold_claimed_elsewhere("10.1.0.12".parse().unwrap(), "p");
+    let next = alloc(&mut e, "node-1", &["p"]).unwrap().0.to_string();
+    assert_eq!(next, "10.1.0.73", "jumped 61 addresses on from the cursor at .12");
+}
