@@ -16,7 +16,7 @@ use etcd_client::{EventType, WatchOptions};
 use tokio::sync::broadcast;
 use tracing::{debug, info};
 
-use crate::cluster::{describe_error, Cluster};
+use crate::cluster::{confirmed_watch, describe_error, Cluster};
 
 /// The pause before watching again after a failure.
 const PAUSE: Duration = Duration::from_millis(500);
@@ -45,23 +45,7 @@ async fn follow_once(
     events: &broadcast::Sender<ClaimEvent>,
 ) -> Result<(), String> {
     let options = WatchOptions::new().with_prefix().with_prev_key();
-    let mut stream = cluster
-        .run("watch claims", |mut client| {
-            let options = options.clone();
-            async move {
-                let mut stream = client.watch(prefix, Some(options)).await?;
-                match stream.message().await? {
-                    Some(created) if created.created() && !created.canceled() => Ok(stream),
-                    Some(other) => Err(etcd_client::Error::WatchError(format!(
-                        "watch not created: {}",
-                        other.cancel_reason()
-                    ))),
-                    None => Err(etcd_client::Error::WatchError("watch closed".into())),
-                }
-            }
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut stream = confirmed_watch(cluster, "watch claims", prefix, options).await?;
 
     info!(store = %cluster.describe(), "watching claims");
     // Nobody listening is fine: agents subscribe when they start.

@@ -333,6 +333,36 @@ pub(crate) fn is_compacted(error: &etcd_client::Error) -> bool {
         if s.code() == Code::OutOfRange && s.message().contains("compacted"))
 }
 
+/// Opens a watch and waits for etcd to confirm it before trusting it.
+///
+/// # Errors
+/// The failure, as text for the watcher's log: no endpoint answered, or etcd
+/// refused or closed the watch.
+pub(crate) async fn confirmed_watch(
+    cluster: &Cluster,
+    what: &'static str,
+    key: &str,
+    options: etcd_client::WatchOptions,
+) -> Result<etcd_client::WatchStream, String> {
+    cluster
+        .run(what, |mut client| {
+            let options = options.clone();
+            async move {
+                let mut stream = client.watch(key, Some(options)).await?;
+                match stream.message().await? {
+                    Some(created) if created.created() && !created.canceled() => Ok(stream),
+                    Some(other) => Err(etcd_client::Error::WatchError(format!(
+                        "watch not created: {}",
+                        other.cancel_reason()
+                    ))),
+                    None => Err(etcd_client::Error::WatchError("watch closed".into())),
+                }
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

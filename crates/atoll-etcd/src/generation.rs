@@ -24,7 +24,7 @@ use atoll_store::StoreError;
 use etcd_client::{EventType, GetOptions, WatchOptions};
 use tracing::{debug, info};
 
-use crate::cluster::{describe_error, Cluster};
+use crate::cluster::{confirmed_watch, describe_error, Cluster};
 
 /// The first pause before watching again; doubled up to [`MAX_PAUSE`].
 const FIRST_PAUSE: Duration = Duration::from_millis(100);
@@ -135,24 +135,7 @@ async fn follow_once(
     };
 
     let options = WatchOptions::new().with_start_revision(read_at + 1);
-    let mut stream = cluster
-        .run("watch generation", |mut client| {
-            let options = options.clone();
-            async move {
-                let mut stream = client.watch(key, Some(options)).await?;
-                // Wait for etcd to confirm the watch before trusting it.
-                match stream.message().await? {
-                    Some(created) if created.created() && !created.canceled() => Ok(stream),
-                    Some(other) => Err(etcd_client::Error::WatchError(format!(
-                        "watch not created: {}",
-                        other.cancel_reason()
-                    ))),
-                    None => Err(etcd_client::Error::WatchError("watch closed".into())),
-                }
-            }
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut stream = confirmed_watch(cluster, "watch generation", key, options).await?;
 
     cache.observe(value, revision);
     cache.set_live(true);
