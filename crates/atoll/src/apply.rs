@@ -182,48 +182,8 @@ pub async fn apply_manifests(
             .collect();
         let mut changes = object_changes.clone();
         let mut lines = object_lines.clone();
-        for s in &subnets_in {
-            let name = s.metadata.name.clone();
-            let mut s = s.clone();
-            s.status = None;
-            let verb = match subnets.get(&name) {
-                Some(old) if old.spec == s.spec && old.metadata.labels == s.metadata.labels => {
-                    "unchanged"
-                }
-                Some(_) => "configured",
-                None => "created",
-            };
-            lines.push(format!("subnet/{name} {verb}"));
-            if verb != "unchanged" {
-                changes.push(Change::Put {
-                    kind: Kind::Subnet,
-                    key: name.clone(),
-                    value: serde_json::to_value(&s)?,
-                });
-            }
-            subnets.insert(name, s);
-        }
-        for p in &pools_in {
-            let name = p.metadata.name.clone();
-            let mut p = p.clone();
-            p.status = None;
-            let verb = match pools.get(&name) {
-                Some(old) if old.spec == p.spec && old.metadata.labels == p.metadata.labels => {
-                    "unchanged"
-                }
-                Some(_) => "configured",
-                None => "created",
-            };
-            lines.push(format!("ippool/{name} {verb}"));
-            if verb != "unchanged" {
-                changes.push(Change::Put {
-                    kind: Kind::IPPool,
-                    key: name.clone(),
-                    value: serde_json::to_value(&p)?,
-                });
-            }
-            pools.insert(name, p);
-        }
+        lay_over(&subnets_in, &mut subnets, &mut lines, &mut changes)?;
+        lay_over(&pools_in, &mut pools, &mut lines, &mut changes)?;
 
         let after = Catalog::build(
             subnets.into_values().collect(),
@@ -246,6 +206,76 @@ pub async fn apply_manifests(
         return Ok(out);
     }
     anyhow::bail!("another apply kept changing the resources; nothing written, try again")
+}
+
+/// What `apply` needs of a subnet or a pool.
+trait Resource: Clone + serde::Serialize {
+    const KIND: Kind;
+    /// `subnet` or `ippool`, for the report.
+    const LABEL: &'static str;
+    fn name(&self) -> &str;
+    /// Forgets the status: `apply` writes what the operator asks for.
+    fn clear_status(&mut self);
+    /// Returns true if and only if applying `self` over `old` changes nothing.
+    fn same_as(&self, old: &Self) -> bool;
+}
+
+impl Resource for Subnet {
+    const KIND: Kind = Kind::Subnet;
+    const LABEL: &'static str = "subnet";
+    fn name(&self) -> &str {
+        &self.metadata.name
+    }
+    fn clear_status(&mut self) {
+        self.status = None;
+    }
+    fn same_as(&self, old: &Self) -> bool {
+        old.spec == self.spec && old.metadata.labels == self.metadata.labels
+    }
+}
+
+impl Resource for IPPool {
+    const KIND: Kind = Kind::IPPool;
+    const LABEL: &'static str = "ippool";
+    fn name(&self) -> &str {
+        &self.metadata.name
+    }
+    fn clear_status(&mut self) {
+        self.status = None;
+    }
+    fn same_as(&self, old: &Self) -> bool {
+        old.spec == self.spec && old.metadata.labels == self.metadata.labels
+    }
+}
+
+/// Lays the incoming resources over the stored ones by name, recording for
+/// each the report line and, unless unchanged, the write.
+fn lay_over<R: Resource>(
+    incoming: &[R],
+    stored: &mut BTreeMap<String, R>,
+    lines: &mut Vec<String>,
+    changes: &mut Vec<Change>,
+) -> anyhow::Result<()> {
+    for r in incoming {
+        let mut r = r.clone();
+        r.clear_status();
+        let name = r.name().to_string();
+        let verb = match stored.get(&name) {
+            Some(old) if r.same_as(old) => "unchanged",
+            Some(_) => "configured",
+            None => "created",
+        };
+        lines.push(format!("{}/{name} {verb}", R::LABEL));
+        if verb != "unchanged" {
+            changes.push(Change::Put {
+                kind: R::KIND,
+                key: name.clone(),
+                value: serde_json::to_value(&r)?,
+            });
+        }
+        stored.insert(name, r);
+    }
+    Ok(())
 }
 
 async fn drift_report(
