@@ -348,5 +348,8 @@ fn a_claim_elsewhere_just_ahead_of_the_cursor_makes_it_jump() {
     // Right where this engine allocates next: it leaves.
     e.hold_claimed_elsewhere("10.1.0.12".parse().unwrap(), "p");
     let next = alloc(&mut e, "node-1", &["p"]).unwrap().0.to_string();
-    assert_eq!(next, "10.1.0.73", "jumped 61 addresses on from the cursor at .12");
+    assert_eq!(
+        next, "10.1.0.73",
+        "jumped 61 addresses on from the cursor at .12"
+    );
 }

@@ -220,33 +220,27 @@ trait Resource: Clone + serde::Serialize {
     fn same_as(&self, old: &Self) -> bool;
 }
 
-impl Resource for Subnet {
-    const KIND: Kind = Kind::Subnet;
-    const LABEL: &'static str = "subnet";
-    fn name(&self) -> &str {
-        &self.metadata.name
-    }
-    fn clear_status(&mut self) {
-        self.status = None;
-    }
-    fn same_as(&self, old: &Self) -> bool {
-        old.spec == self.spec && old.metadata.labels == self.metadata.labels
-    }
+/// Subnets and pools read the same way: both have `metadata`, `spec` and `status`.
+macro_rules! resource {
+    ($type:ty, $kind:expr, $label:literal) => {
+        impl Resource for $type {
+            const KIND: Kind = $kind;
+            const LABEL: &'static str = $label;
+            fn name(&self) -> &str {
+                &self.metadata.name
+            }
+            fn clear_status(&mut self) {
+                self.status = None;
+            }
+            fn same_as(&self, old: &Self) -> bool {
+                old.spec == self.spec && old.metadata.labels == self.metadata.labels
+            }
+        }
+    };
 }
 
-impl Resource for IPPool {
-    const KIND: Kind = Kind::IPPool;
-    const LABEL: &'static str = "ippool";
-    fn name(&self) -> &str {
-        &self.metadata.name
-    }
-    fn clear_status(&mut self) {
-        self.status = None;
-    }
-    fn same_as(&self, old: &Self) -> bool {
-        old.spec == self.spec && old.metadata.labels == self.metadata.labels
-    }
-}
+resource!(Subnet, Kind::Subnet, "subnet");
+resource!(IPPool, Kind::IPPool, "ippool");
 
 /// Lays the incoming resources over the stored ones by name, recording for
 /// each the report line and, unless unchanged, the write.
