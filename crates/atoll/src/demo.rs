@@ -133,11 +133,7 @@ async fn placement(
     pods: &[Pod],
     zones: &BTreeMap<String, String>,
 ) -> anyhow::Result<String> {
-    let mut rows = vec![[
-        "POD", "NODE", "ZONE", "POOL", "SUBNET", "ADDRESS", "BORROWED",
-    ]
-    .map(String::from)
-    .to_vec()];
+    let mut rows = Vec::new();
     for p in pods {
         let claims = store
             .claims_of(&Attachment {
@@ -161,31 +157,12 @@ async fn placement(
             ]);
         }
     }
-    Ok(table(&rows))
-}
-
-/// Aligns rows into columns separated by three spaces.
-pub fn table(rows: &[Vec<String>]) -> String {
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols)
-        .map(|i| {
-            rows.iter()
-                .map(|r| r.get(i).map_or(0, |c| c.chars().count()))
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<width$}", width = widths[i]))
-            .collect();
-        out.push_str(line.join("   ").trim_end());
-        out.push('\n');
-    }
-    out
+    Ok(crate::inspect::table(
+        &[
+            "POD", "NODE", "ZONE", "POOL", "SUBNET", "ADDRESS", "BORROWED",
+        ],
+        &rows,
+    ))
 }
 
 /// Runs the demo.
