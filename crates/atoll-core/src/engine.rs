@@ -629,10 +629,6 @@ impl Engine {
             .map(|&(_, _, _, id)| id)
     }
 
-    fn subnet_by_ip(&self, ip: IpAddr) -> Option<SubnetId> {
-        self.catalog.subnet_of(ip)
-    }
-
     /// Marks an address held: one the store already holds, fed in at
     /// (re)build. `pool` is the pool the holder's record names, so that an
     /// address borrowed from a subnet is counted in the pool that borrowed it.
@@ -657,7 +653,7 @@ impl Engine {
             };
         }
 
-        let Some(sid) = self.subnet_by_ip(ip) else {
+        let Some(sid) = self.catalog.subnet_of(ip) else {
             return Hold::Outside;
         };
         if !self.subnets[sid].outside.remove(v) {
@@ -697,7 +693,7 @@ impl Engine {
             return freed;
         }
 
-        let Some(sid) = self.subnet_by_ip(ip) else {
+        let Some(sid) = self.catalog.subnet_of(ip) else {
             return false;
         };
         self.catalog.subnets()[sid].allocatable.contains(family, v)
@@ -713,7 +709,8 @@ impl Engine {
         {
             return self.pools[id].free.contains(v);
         }
-        self.subnet_by_ip(ip)
+        self.catalog
+            .subnet_of(ip)
             .is_some_and(|sid| self.subnets[sid].outside.contains(v))
     }
 
